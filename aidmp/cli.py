@@ -1,0 +1,112 @@
+"""The `aidmp` command. One subcommand group per user; this session ships `simulate`.
+
+Errors a user can fix print one line (`aidmp: error: ...`) and exit 2, with no
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aidmp.config import RunConfig
+from aidmp.errors import AidmpError
+
+EXIT_USAGE = 2
+
+
+def _simulate_parser(sub: argparse._SubParsersAction) -> None:
+    defaults = RunConfig()
+    p = sub.add_parser(
+        "simulate",
+        help="researcher: run a federation of virtual institutions on this machine",
+        description="Run a federation of virtual institutions on Flower's simulation engine, "
+        "then write OUT/summary.json and OUT/metrics.png.",
+    )
+    p.add_argument("--task", default=defaults.task, help="adult | breast-cancer | mnist")
+    p.add_argument("--institutions", type=int, default=5, help="virtual institutions (nodes)")
+    p.add_argument("--rounds", type=int, default=defaults.num_rounds)
+    p.add_argument(
+        "--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA | quantity:ALPHA"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default="runs/latest", help="folder for summary.json, plots, checkpoint")
+    p.add_argument("--strategy", default=defaults.strategy, help="fedavg | fedprox | fedavgm | trimmed-mean | median")
+    p.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.learning_rate, help="local learning rate")
+    p.add_argument("--fraction-train", type=float, default=defaults.fraction_train)
+    p.add_argument("--fraction-evaluate", type=float, default=defaults.fraction_evaluate)
+    p.add_argument("--min-nodes", type=int, default=defaults.min_nodes)
+    p.add_argument("--proximal-mu", type=float, default=defaults.proximal_mu, help="FedProx only")
+    p.add_argument("--no-central-eval", action="store_true", help="skip held-out evaluation")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.set_defaults(handler=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    cfg = RunConfig.from_flower(
+        {
+            "task": args.task,
+            "num-rounds": args.rounds,
+            "strategy": args.strategy,
+            "local-epochs": args.local_epochs,
+            "batch-size": args.batch_size,
+            "learning-rate": args.lr,
+            "fraction-train": args.fraction_train,
+            "fraction-evaluate": args.fraction_evaluate,
+            "min-nodes": args.min_nodes,
+            "proximal-mu": args.proximal_mu,
+            "partition": args.partition,
+            "seed": args.seed,
+            "central-eval": not args.no_central_eval,
+            "out-dir": args.out,
+            "resume": args.resume,
+        }
+    )
+    from simulations.runner import PLOT_NAME, SUMMARY_NAME, simulate  # heavy imports: late
+
+    summary = simulate(cfg, args.institutions, verbose=args.verbose)
+    final, base = summary["final"], summary["centralized_baseline"]
+    print(
+        f"final accuracy {final['accuracy']:.4f} ({final['source']}), loss {final['loss']:.4f}; "
+        f"centralized baseline {base['accuracy']:.4f}; {summary['wall_seconds']:.1f}s"
+    )
+    print(f"wrote {args.out}/{SUMMARY_NAME} and {args.out}/{PLOT_NAME}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aidmp", description="Federated learning and analytics for institutions."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _simulate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logger = logging.getLogger("aidmp")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    try:
+        return args.handler(args)
+    except AidmpError as exc:
+        print(f"aidmp: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("aidmp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The run configuration that the coordinator, the CLI and `flwr run` share.
+
+Keys are hyphenated, as Flower run configs are (`flwr run . --run-config
+"num-rounds=5 strategy='fedprox'"`). The defaults here are the same as the
+`[tool.flwr.app.config]` table in pyproject.toml; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aidmp.errors import AidmpError
+
+StrategyName = Literal["fedavg", "fedprox", "fedavgm", "trimmed-mean", "median"]
+
+
+class RunConfig(BaseModel):
+    """Everything one federated run needs to know. Validated once, at the start."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    task: str = Field("adult", description="learning task: adult, breast-cancer or mnist")
+    num_rounds: int = Field(10, alias="num-rounds", ge=1)
+    strategy: StrategyName = "fedavg"
+    local_epochs: int = Field(1, alias="local-epochs", ge=1)
+    batch_size: int = Field(64, alias="batch-size", ge=1)
+    learning_rate: float = Field(0.05, alias="learning-rate", gt=0)
+    fraction_train: float = Field(1.0, alias="fraction-train", gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, alias="fraction-evaluate", ge=0, le=1)
+    min_nodes: int = Field(2, alias="min-nodes", ge=1, description="fewest nodes a round samples")
+    min_available_nodes: int = Field(
+        2, alias="min-available-nodes", ge=1, description="nodes to wait for before a round"
+    )
+    proximal_mu: float = Field(0.01, alias="proximal-mu", ge=0)
+    server_momentum: float = Field(0.9, alias="server-momentum", ge=0, lt=1)
+    server_learning_rate: float = Field(1.0, alias="server-learning-rate", gt=0)
+    trim_beta: float = Field(0.2, alias="trim-beta", ge=0, lt=0.5)
+    partition: str = Field("iid", description="simulation only: iid, dirichlet:A, quantity:A")
+    seed: int = 0
+    central_eval: bool = Field(True, alias="central-eval")
+    out_dir: str = Field("runs/latest", alias="out-dir")
+    resume: bool = False
+    round_timeout: float = Field(600.0, alias="round-timeout", gt=0)
+
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Validate a Flower run config; a wrong key or value names itself and the fix."""
+        known = {f.alias or name for name, f in cls.model_fields.items()}
+        unknown = sorted(set(run_config) - known)
+        if unknown:
+            raise AidmpError(
+                f"unknown run-config key(s) {', '.join(unknown)}; "
+                f"valid keys are: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls.model_validate(dict(run_config))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise AidmpError(
+                f"run-config '{where}': {first['msg']} (got {first.get('input')!r})"
+            ) from None
+
+    def to_flower(self) -> dict[str, Any]:
+        """The hyphenated dict that Flower's run config and our ConfigRecords carry."""
+        return self.model_dump(by_alias=True)

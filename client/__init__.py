@@ -1,0 +1,1 @@
+"""The institution's node: a Flower ClientApp that trains and evaluates locally."""

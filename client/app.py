@@ -1,0 +1,88 @@
+"""The institution's Flower ClientApp (`[tool.flwr.app.components] clientapp`).
+
+Train: load local data (cached per process), take the global model, train
+locally, reply with the new weights and the example count. Evaluate: score the
+global model on the node's own validation rows. A node that cannot take part
+declines with a Flower error reply (code >= 100) and a reason, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from aidmp.errors import AidmpError, DeclineCode
+from client.data import local_data
+from tasks import get_task
+
+# Each simulated node gets one CPU; torch's own thread pool would oversubscribe it.
+torch.set_num_threads(1)
+
+app = ClientApp()
+
+
+def _decline_on_error(handler: Callable[[Message, Context], Message]):
+    """Turn a problem the node can name into an error reply the coordinator can log."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except AidmpError as exc:
+            return Message(Error(code=DeclineCode.DATA_UNAVAILABLE, reason=str(exc)), reply_to=msg)
+        except KeyError as exc:
+            reason = f"round config lacks key {exc}; coordinator and node versions differ?"
+            return Message(Error(code=DeclineCode.BAD_CONFIG, reason=reason), reply_to=msg)
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+def _round_seed(config: ConfigRecord, context: Context) -> int:
+    # Distinct per run seed, round and node, and the same on a rerun.
+    node = int(context.node_config.get("partition-id", context.node_id))  # type: ignore[arg-type]
+    return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + node  # type: ignore[arg-type]
+
+
+@app.train()
+@_decline_on_error
+def train(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    task = get_task(str(config["task"]))
+    data = local_data(context.node_config, config)
+    model = task.build_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    loss = task.train(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=int(config["local-epochs"]),  # type: ignore[arg-type]
+        batch_size=int(config["batch-size"]),  # type: ignore[arg-type]
+        learning_rate=float(config["learning-rate"]),  # type: ignore[arg-type]
+        seed=_round_seed(config, context),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+    )
+    reply = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"num-examples": len(data.y_train), "train-loss": loss}),
+        }
+    )
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+@_decline_on_error
+def evaluate(msg: Message, context: Context) -> Message:
+    config = msg.content["config"]
+    task = get_task(str(config["task"]))
+    data = local_data(context.node_config, config)
+    model = task.build_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
+    metrics = MetricRecord(
+        {"num-examples": len(data.y_val), "eval-loss": loss, "eval-accuracy": accuracy}
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

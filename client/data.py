@@ -1,0 +1,44 @@
+"""Where a node's data comes from, loaded once per process and kept.
+
+Flower may call the ClientApp many times in one process (a Ray actor in
+simulation, a long-lived process in deployment); loading and partitioning per
+message would repeat seconds of work every round.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+from aidmp.errors import AidmpError
+from simulations.partition import institution_data
+from tasks import load_dataset
+from tasks.base import LocalData
+
+
+@functools.lru_cache(maxsize=8)
+def simulated_institution(
+    task: str, partition: str, seed: int, num_institutions: int, index: int
+) -> LocalData:
+    return institution_data(load_dataset(task), num_institutions, partition, seed, index)
+
+
+def local_data(node_config: Mapping[str, object], config: Mapping[str, object]) -> LocalData:
+    """This node's data for the round's task.
+
+    A simulated institution is named by Flower's node config (`partition-id`,
+    `num-partitions`); the split itself comes from the round config, so every node
+    of a run splits the same way.
+    """
+    if "partition-id" not in node_config or "num-partitions" not in node_config:
+        raise AidmpError(
+            "this node has no data configured; start it with "
+            "--node-config \"partition-id=0 num-partitions=N\" to serve a simulated split"
+        )
+    return simulated_institution(
+        str(config["task"]),
+        str(config["partition"]),
+        int(config["seed"]),  # type: ignore[arg-type]
+        int(node_config["num-partitions"]),  # type: ignore[arg-type]
+        int(node_config["partition-id"]),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,23 @@
+"""The coordinator's Flower ServerApp (`[tool.flwr.app.components] serverapp`)."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from aidmp.config import RunConfig
+from server.federation import run_federation
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Read the run config, then drive the rounds (see server/rounds.py)."""
+    logger = logging.getLogger("aidmp")
+    if not logger.handlers:  # under `flwr run`, show our round lines beside Flower's
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logger.setLevel(logging.INFO)
+    run_federation(grid, RunConfig.from_flower(context.run_config))

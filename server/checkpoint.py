@@ -1,0 +1,64 @@
+"""One checkpoint file per run: the global model, strategy state and round history.
+
+Everything sits in a single .npz written atomically, so a crash can never leave a
+model from round 5 beside a history from round 4. `allow_pickle=False` on load:
+a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aidmp.atomic import atomic_write_bytes
+from aidmp.errors import AidmpError
+
+CHECKPOINT_NAME = "checkpoint.npz"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    model: dict[str, np.ndarray]
+    strategy_state: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    meta = {**ckpt.meta, "round": ckpt.round, "format": FORMAT_VERSION}
+    arrays = {f"model/{k}": v for k, v in ckpt.model.items()}
+    arrays |= {f"strategy/{k}": v for k, v in ckpt.strategy_state.items()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    if not path.is_file():
+        raise AidmpError(
+            f"no checkpoint at {path}; run without resume to start a new run"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            model = {k[6:]: data[k] for k in data.files if k.startswith("model/")}
+            state = {k[9:]: data[k] for k in data.files if k.startswith("strategy/")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise AidmpError(
+            f"checkpoint {path} is unreadable ({exc.__class__.__name__}: {exc}); "
+            "restore it from a backup, or run without resume to start over"
+        ) from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise AidmpError(
+            f"checkpoint {path} has format {meta.get('format')}, this aidmp reads "
+            f"{FORMAT_VERSION}; resume it with the aidmp version that wrote it"
+        )
+    return Checkpoint(round=int(meta["round"]), model=model, strategy_state=state, meta=meta)

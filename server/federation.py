@@ -1,0 +1,163 @@
+"""One federated run from the coordinator's side: set up, resume, run, report.
+
+Both the ServerApp (`flwr run .`, deployment) and `aidmp simulate` call
+`run_federation`, so simulation and deployment share one code path.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from logging import getLogger
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from aidmp.atomic import atomic_write_json
+from aidmp.config import RunConfig
+from aidmp.errors import AidmpError
+from server.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from server.rounds import CentralEval, RoundRecord, run_rounds
+from strategies import build_strategy, restore_strategy_state, strategy_state
+from tasks import get_task, load_dataset
+
+log = getLogger("aidmp.server")
+
+REPORT_NAME = "report.json"
+# Keys whose change makes a checkpoint meaningless to resume.
+RESUME_MUST_MATCH = ("task", "strategy", "partition", "seed")
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
+    failed = len(rec.train_failures)
+    return (
+        f"round {rec.round:>3}/{num_rounds}  acc {_fmt(rec.accuracy)}  loss {_fmt(rec.loss)}"
+        f"  fed-acc {_fmt(rec.federated_accuracy)}  train-loss {_fmt(rec.train_loss)}"
+        f"  nodes {rec.train_replies}/{rec.train_replies + failed}"
+        f"  {rec.elapsed_s:5.1f}s (total {total_s:6.1f}s)"
+        + ("" if rec.aggregated else "  [skipped: no usable replies]")
+    )
+
+
+def _central_evaluator(task_name: str) -> CentralEval:
+    task = get_task(task_name)
+    data = load_dataset(task_name)
+    model = task.build_model()
+
+    def evaluate(arrays: ArrayRecord) -> tuple[float, float]:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return task.evaluate(model, data.x_test, data.y_test)
+
+    return evaluate
+
+
+def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
+    """What each node needs to train or evaluate in round `rnd`."""
+    return ConfigRecord(
+        {
+            "task": cfg.task,
+            "partition": cfg.partition,
+            "seed": cfg.seed,
+            "local-epochs": cfg.local_epochs,
+            "batch-size": cfg.batch_size,
+            "learning-rate": cfg.learning_rate,
+            "server-round": rnd,
+        }
+    )
+
+
+def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
+    """Run (or resume) the federation described by `cfg`; returns the run report."""
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    task = get_task(cfg.task)
+    strategy = build_strategy(cfg)
+    # Flower samples nodes with Python's `random`; seed it so runs repeat.
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    history: list[dict[str, Any]] = []
+    if cfg.resume:
+        ckpt = load_checkpoint(ckpt_path)
+        saved = ckpt.meta.get("run_config", {})
+        for key in RESUME_MUST_MATCH:
+            ours = cfg.to_flower()[key]
+            if saved.get(key) != ours:
+                raise AidmpError(
+                    f"cannot resume {ckpt_path}: it was run with {key}={saved.get(key)!r}, "
+                    f"this run asks for {key}={ours!r}; use the same {key} or start a new run"
+                )
+        model = task.build_model()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.model.items()})
+        restore_strategy_state(strategy, ckpt.strategy_state)
+        history = list(ckpt.meta.get("per_round", []))
+        first_round = ckpt.round + 1
+        log.info("resuming %s from round %d (checkpoint %s)", cfg.task, ckpt.round, ckpt_path)
+    else:
+        if ckpt_path.exists():
+            log.warning("starting a new run: %s will be overwritten", ckpt_path)
+        model = task.build_model()
+        first_round = 1
+    arrays = ArrayRecord(model.state_dict())
+
+    started = time.monotonic()
+    prior_s = sum(float(r.get("elapsed_s", 0.0)) for r in history)
+
+    def on_round_end(rec: RoundRecord, arrays: ArrayRecord) -> None:
+        history.append(rec.as_dict())
+        save_checkpoint(
+            ckpt_path,
+            Checkpoint(
+                round=rec.round,
+                model={k: v.numpy() for k, v in arrays.items()},
+                strategy_state=strategy_state(strategy),
+                meta={"run_config": cfg.to_flower(), "per_round": history},
+            ),
+        )
+        log.info(_progress_line(rec, cfg.num_rounds, prior_s + time.monotonic() - started))
+
+    if first_round > cfg.num_rounds:
+        log.info("checkpoint already holds all %d rounds; nothing to run", cfg.num_rounds)
+    else:
+        run_rounds(
+            grid,
+            strategy,
+            arrays,
+            first_round=first_round,
+            last_round=cfg.num_rounds,
+            round_config=lambda rnd: round_config_for(cfg, rnd),
+            timeout=cfg.round_timeout,
+            central_eval=_central_evaluator(cfg.task) if cfg.central_eval else None,
+            on_round_end=on_round_end,
+        )
+
+    report = build_report(cfg, history, resumed_from=first_round - 1 if cfg.resume else None)
+    atomic_write_json(out_dir / REPORT_NAME, report)
+    return report
+
+
+def build_report(
+    cfg: RunConfig, history: list[dict[str, Any]], resumed_from: int | None
+) -> dict[str, Any]:
+    """The coordinator's run report: config, every round, and the final figures."""
+    last = history[-1] if history else {}
+    return {
+        "task": cfg.task,
+        "strategy": cfg.strategy,
+        "run_config": cfg.to_flower(),
+        "rounds_completed": len(history),
+        "resumed_from_round": resumed_from,
+        "per_round": history,
+        "final": {
+            "accuracy": last.get("accuracy"),
+            "loss": last.get("loss"),
+            "source": "central" if last.get("central_accuracy") is not None else "federated",
+        },
+    }

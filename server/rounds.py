@@ -1,0 +1,134 @@
+"""Where a round begins: configure, send, aggregate, evaluate, checkpoint, report.
+
+This is Flower's `Strategy.start` loop made resumable: it can begin at any round,
+records every failed reply with its code and reason, skips (never crashes on) a
+round that gets no usable replies, and hands each finished round to a callback
+that checkpoints it and prints progress.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from logging import getLogger
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import Strategy
+
+log = getLogger("aidmp.server")
+
+CentralEval = Callable[[ArrayRecord], tuple[float, float]]  # arrays -> (loss, accuracy)
+
+
+@dataclass
+class RoundRecord:
+    """What the coordinator learned in one round. One entry of `per_round`."""
+
+    round: int
+    train_replies: int = 0
+    train_failures: list[dict[str, object]] = field(default_factory=list)
+    train_loss: float | None = None
+    eval_replies: int = 0
+    federated_loss: float | None = None
+    federated_accuracy: float | None = None
+    central_loss: float | None = None
+    central_accuracy: float | None = None
+    aggregated: bool = False
+    elapsed_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        """The headline figure: held-out (central) if measured, else federated."""
+        return self.central_accuracy if self.central_accuracy is not None else self.federated_accuracy
+
+    @property
+    def loss(self) -> float | None:
+        return self.central_loss if self.central_loss is not None else self.federated_loss
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self) | {"accuracy": self.accuracy, "loss": self.loss}
+
+
+def _failures(replies: Iterable[Message]) -> list[dict[str, object]]:
+    return [
+        {"node": m.metadata.src_node_id, "code": m.error.code, "reason": m.error.reason}
+        for m in replies
+        if m.has_error()
+    ]
+
+
+def _metric(metrics: MetricRecord | None, key: str) -> float | None:
+    return float(metrics[key]) if metrics is not None and key in metrics else None
+
+
+def run_rounds(
+    grid: Grid,
+    strategy: Strategy,
+    arrays: ArrayRecord,
+    *,
+    first_round: int,
+    last_round: int,
+    round_config: Callable[[int], ConfigRecord],
+    timeout: float,
+    central_eval: CentralEval | None,
+    on_round_end: Callable[[RoundRecord, ArrayRecord], None],
+) -> ArrayRecord:
+    """Run rounds `first_round..last_round`; returns the final global arrays.
+
+    `round_config(rnd)` builds a fresh ConfigRecord for each send (strategies add
+    keys to it), with what a node needs to find its data and train.
+    """
+    for rnd in range(first_round, last_round + 1):
+        started = time.monotonic()
+        record = RoundRecord(round=rnd)
+
+        # --- training at the institutions -----------------------------------
+        replies = list(
+            grid.send_and_receive(
+                strategy.configure_train(rnd, arrays, round_config(rnd), grid), timeout=timeout
+            )
+        )
+        record.train_failures = _failures(replies)
+        record.train_replies = len(replies) - len(record.train_failures)
+        try:
+            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+        except InconsistentMessageReplies as exc:
+            log.warning("round %d: replies could not be aggregated (%s)", rnd, exc)
+            new_arrays, train_metrics = None, None
+        if new_arrays is None:
+            log.warning(
+                "round %d skipped: no usable training replies (%d failed: %s); "
+                "the global model is unchanged",
+                rnd,
+                len(record.train_failures),
+                "; ".join(str(f["reason"]) for f in record.train_failures) or "none sent",
+            )
+        else:
+            arrays, record.aggregated = new_arrays, True
+        record.train_loss = _metric(train_metrics, "train-loss")
+
+        # --- federated evaluation on each institution's own validation rows ---
+        eval_replies = list(
+            grid.send_and_receive(
+                strategy.configure_evaluate(rnd, arrays, round_config(rnd), grid), timeout=timeout
+            )
+        )
+        record.eval_replies = sum(not m.has_error() for m in eval_replies)
+        try:
+            eval_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
+        except InconsistentMessageReplies as exc:
+            log.warning("round %d: evaluation replies inconsistent (%s)", rnd, exc)
+            eval_metrics = None
+        record.federated_loss = _metric(eval_metrics, "eval-loss")
+        record.federated_accuracy = _metric(eval_metrics, "eval-accuracy")
+
+        # --- central evaluation on the held-out split (plaintext runs only) ---
+        if central_eval is not None:
+            record.central_loss, record.central_accuracy = central_eval(arrays)
+
+        record.elapsed_s = time.monotonic() - started
+        on_round_end(record, arrays)
+    return arrays

@@ -1,0 +1,1 @@
+"""Researcher tools: partitioners, the in-process simulation runner, reports and plots."""

@@ -1,0 +1,139 @@
+"""`aidmp simulate`: a whole federation on one machine, on Flower's simulation engine.
+
+The ServerApp side runs `server.federation.run_federation` (the very function the
+deployed ServerApp runs) in this process; each virtual institution runs our
+ClientApp in a Ray actor. Everything a user can get wrong is checked before Ray
+starts, so mistakes cost a second, not a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from aidmp.atomic import atomic_write_json
+from aidmp.config import RunConfig
+from aidmp.errors import AidmpError
+from client.app import app as client_app
+from server.federation import REPORT_NAME, run_federation
+from simulations.baseline import centralized_baseline
+from simulations.partition import parse_partition, partition_indices
+from simulations.plots import plot_metrics
+from tasks import get_task, load_dataset
+
+SUMMARY_NAME = "summary.json"
+PLOT_NAME = "metrics.png"
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail now, with the fix, if results could not be written at the end."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".aidmp-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise AidmpError(
+            f"cannot write to --out {out} ({exc.strerror or exc}); choose a folder you can write"
+        ) from None
+
+
+def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
+    """Validate everything up front; return the config the federation will run with."""
+    get_task(cfg.task)
+    spec = parse_partition(cfg.partition)
+    if institutions < 1:
+        raise AidmpError("--institutions must be at least 1")
+    data = load_dataset(cfg.task)  # also reports a missing dataset package
+    partition_indices(data.y_train, institutions, spec, cfg.seed)  # raises if a part is empty
+    check_out_dir(Path(cfg.out_dir))
+    # Wait for the whole (simulated) federation before round 1.
+    return cfg.model_copy(
+        update={
+            "partition": str(spec),
+            "min_available_nodes": institutions,
+            "min_nodes": min(cfg.min_nodes, institutions),
+        }
+    )
+
+
+def _backend_config(institutions: int, verbose: bool) -> dict[str, Any]:
+    cpus = os.cpu_count() or 1
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": min(cpus, institutions),
+            "include_dashboard": False,
+            "log_to_driver": verbose,  # actors' shutdown chatter otherwise
+        },
+    }
+
+
+def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dict[str, Any]:
+    """Run the federation, the centralized baseline, and write summary.json and metrics.png."""
+    cfg = prepare(cfg, institutions)
+    out = Path(cfg.out_dir)
+    started = time.monotonic()
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_federation(grid, cfg)
+
+    run_flower_simulation(server_app, institutions, verbose=verbose)
+    federation_s = time.monotonic() - started
+
+    report_path = out / REPORT_NAME
+    if not report_path.is_file():
+        raise AidmpError(f"the simulation ended without a report at {report_path}; rerun with --verbose")
+    report = json.loads(report_path.read_text())
+    summary = {
+        "task": cfg.task,
+        "institutions": institutions,
+        "rounds": cfg.num_rounds,
+        "partition": cfg.partition,
+        "seed": cfg.seed,
+        "strategy": cfg.strategy,
+        "run_config": cfg.to_flower(),
+        "per_round": report["per_round"],
+        "final": report["final"],
+        "centralized_baseline": centralized_baseline(cfg),
+        "resumed_from_round": report["resumed_from_round"],
+        "federation_seconds": federation_s,
+        "wall_seconds": time.monotonic() - started,
+    }
+    atomic_write_json(out / SUMMARY_NAME, summary)
+    plot_metrics(summary, out / PLOT_NAME)
+    return summary
+
+
+def run_flower_simulation(server_app: ServerApp, institutions: int, *, verbose: bool) -> None:
+    """Flower's simulation engine with our ClientApp, quiet unless `verbose`."""
+    flwr_logger = logging.getLogger("flwr")
+    previous = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.ERROR)  # Flower logs its own deprecation at WARNING
+    try:
+        with warnings.catch_warnings():
+            # run_simulation is deprecated in favour of `flwr run`, which cannot run
+            # in-process; it remains the engine's Python entry point in 1.42.
+            warnings.simplefilter("ignore")
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=institutions,
+                backend_config=_backend_config(institutions, verbose),
+                verbose_logging=verbose,
+            )
+    finally:
+        flwr_logger.setLevel(previous)

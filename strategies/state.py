@@ -1,0 +1,24 @@
+"""Strategy state that must survive a checkpoint.
+
+Only FedAvgM carries state between rounds (its server momentum); the others are
+stateless given the global model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.serverapp.strategy import FedAvgM, Strategy
+
+
+def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
+    """Arrays to store beside the global model (empty for stateless strategies)."""
+    if isinstance(strategy, FedAvgM) and strategy.momentum_vector is not None:
+        return {f"momentum.{i}": np.asarray(v) for i, v in enumerate(strategy.momentum_vector)}
+    return {}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> None:
+    """Put back what `strategy_state` stored."""
+    if isinstance(strategy, FedAvgM):
+        keys = sorted((k for k in state if k.startswith("momentum.")), key=lambda k: int(k[9:]))
+        strategy.momentum_vector = [state[k] for k in keys] or None

@@ -1,0 +1,35 @@
+"""Learning tasks, one module each. `get_task(name)` is the only way in."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+from aidmp.errors import AidmpError
+from tasks.base import Dataset, Task
+
+# name -> module; modules are imported lazily so a missing optional dataset
+# package only matters for the task that needs it.
+_TASK_MODULES = {
+    "adult": "tasks.adult",
+    "breast-cancer": "tasks.breast_cancer",
+    "mnist": "tasks.mnist",
+}
+
+TASK_NAMES = tuple(_TASK_MODULES)
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`, or an error that lists the ones there are."""
+    if name not in _TASK_MODULES:
+        raise AidmpError(f"unknown task '{name}'; choose one of: {', '.join(TASK_NAMES)}")
+    return importlib.import_module(_TASK_MODULES[name]).TASK
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(name: str) -> Dataset:
+    """Load and encode a task's data once per process."""
+    return get_task(name).load()
+
+
+__all__ = ["TASK_NAMES", "Dataset", "Task", "get_task", "load_dataset"]

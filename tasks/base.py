@@ -1,0 +1,122 @@
+"""What every learning task provides, and the one training loop they share.
+
+A task is a dataset loader, a model builder, and train/evaluate functions. The
+classification loop lives here once; task modules expose it under their own
+names so a reader finds everything about a task in its module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Features already encoded for the model, and a held-out test split.
+
+    No institution ever trains on `x_test`/`y_test`: partitioning only splits the
+    training part.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise ValueError("features and labels differ in length")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A learning task as the rest of the project sees it."""
+
+    name: str
+    description: str
+    load: Callable[[], Dataset]
+    build_model: Callable[[], nn.Module]
+    train: Callable[..., float]
+    evaluate: Callable[..., tuple[float, float]]
+
+
+def _as_tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+
+
+def train_classifier(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> float:
+    """Local SGD (momentum 0.9) with cross-entropy; returns the mean loss of the last epoch.
+
+    With `proximal_mu > 0` this is FedProx's local objective: the loss plus
+    mu/2 * ||w - w_global||^2, where w_global is the model as it arrived.
+    """
+    xs, ys = _as_tensors(x, y)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    global_params: Sequence[torch.Tensor] = (
+        [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    )
+    model.train()
+    last_epoch_loss = float("nan")
+    for _ in range(epochs):
+        order = torch.randperm(len(xs), generator=generator)
+        total, seen = 0.0, 0
+        for start in range(0, len(xs), batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(xs[idx]), ys[idx])
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            if global_params:
+                loss = loss + (proximal_mu / 2) * sum(
+                    (p - g).pow(2).sum() for p, g in zip(model.parameters(), global_params)
+                )
+            loss.backward()
+            optimizer.step()
+        last_epoch_loss = total / max(seen, 1)
+    return last_epoch_loss
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on (x, y)."""
+    if len(x) == 0:
+        raise ValueError("cannot evaluate on an empty set")
+    xs, ys = _as_tensors(x, y)
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    model.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(xs), batch_size):
+        logits = model(xs[start : start + batch_size])
+        target = ys[start : start + batch_size]
+        loss += float(criterion(logits, target))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    return loss / len(xs), correct / len(xs)
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """One institution's rows: what it trains on and what it validates on."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
