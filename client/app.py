@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from aidmp.errors import AidmpError, DeclineCode
 from client.data import local_data
 from tasks import get_task
-
-# Each simulated node gets one CPU; torch's own thread pool would oversubscribe it.
-torch.set_num_threads(1)
 
 app = ClientApp()
 

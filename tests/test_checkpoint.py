@@ -1,0 +1,54 @@
+"""Checkpoints round-trip, are written atomically, and fail loudly when corrupt."""
+
+import numpy as np
+import pytest
+
+from aidmp.atomic import atomic_write_bytes
+from aidmp.errors import AidmpError
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    model = {"0.weight": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)}
+    state = {"momentum.0": np.ones(3)}
+    save_checkpoint(path, Checkpoint(4, model, state, {"per_round": [{"round": 4}]}))
+    back = load_checkpoint(path)
+    assert back.round == 4
+    np.testing.assert_array_equal(back.model["0.weight"], model["0.weight"])
+    np.testing.assert_array_equal(back.strategy_state["momentum.0"], state["momentum.0"])
+    assert back.meta["per_round"] == [{"round": 4}]
+
+
+def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"one")
+    atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"old")
+
+    def boom(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(AidmpError, match="unreadable.*restore it from a backup"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_says_how_to_start(tmp_path):
+    with pytest.raises(AidmpError, match="without resume"):
+        load_checkpoint(tmp_path / "nope.npz")

@@ -1,0 +1,29 @@
+"""The run config: pyproject's Flower defaults match the model; bad keys name the fix."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from aidmp.config import RunConfig
+from aidmp.errors import AidmpError
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_pyproject_defaults_equal_runconfig_defaults():
+    flower_defaults = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    assert flower_defaults == RunConfig().to_flower()
+    assert RunConfig.from_flower(flower_defaults) == RunConfig()
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(AidmpError, match="unknown run-config key.*num-round.*valid keys are"):
+        RunConfig.from_flower({"num-round": 3})
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(AidmpError, match="num-rounds"):
+        RunConfig.from_flower({"num-rounds": 0})
+    with pytest.raises(AidmpError, match="strategy"):
+        RunConfig.from_flower({"strategy": "fedsgd"})

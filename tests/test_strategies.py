@@ -1,0 +1,129 @@
+"""Our strategies' aggregation maths, checked against plain numpy."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg
+
+from aidmp.config import RunConfig
+from strategies import build_strategy, restore_strategy_state, strategy_state
+
+RNG = np.random.default_rng(7)
+SHAPES = {"w": (3, 4), "b": (4,)}
+
+
+def _updates(n):
+    return [{k: RNG.normal(size=s).astype(np.float64) for k, s in SHAPES.items()} for _ in range(n)]
+
+
+def _replies(updates, counts):
+    return [
+        Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({k: Array(v) for k, v in u.items()}),
+                    "metrics": MetricRecord({"num-examples": c, "train-loss": float(i)}),
+                }
+            ),
+            dst_node_id=i + 1,
+            message_type="train",
+        )
+        for i, (u, c) in enumerate(zip(updates, counts))
+    ]
+
+
+def _as_dict(arrays):
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def test_factory_builds_each_strategy_with_the_configured_minimums():
+    kinds = {
+        "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM,
+        "trimmed-mean": FedTrimmedAvg, "median": FedMedian,
+    }  # fmt: skip
+    for name, cls in kinds.items():
+        s = build_strategy(RunConfig(strategy=name, min_nodes=3, min_available_nodes=10))
+        assert type(s) is cls
+        assert (s.min_train_nodes, s.min_available_nodes) == (3, 10)
+    assert build_strategy(RunConfig(strategy="fedprox", proximal_mu=0.3)).proximal_mu == 0.3
+
+
+def test_fedavg_is_the_example_weighted_mean():
+    ups, counts = _updates(4), [10, 30, 5, 55]
+    arrays, metrics = build_strategy(RunConfig()).aggregate_train(1, _replies(ups, counts))
+    for k in SHAPES:
+        expected = np.average(np.stack([u[k] for u in ups]), axis=0, weights=counts)
+        np.testing.assert_allclose(_as_dict(arrays)[k], expected, rtol=1e-6)
+    assert metrics["train-loss"] == pytest.approx(np.average([0, 1, 2, 3], weights=counts))
+
+
+def test_trimmed_mean_drops_the_extremes_per_coordinate():
+    ups = _updates(10)
+    ups[0]["w"][:] = 1e6  # a poisoned update
+    strategy = build_strategy(RunConfig(strategy="trimmed-mean", trim_beta=0.2))
+    arrays, _ = strategy.aggregate_train(1, _replies(ups, [1] * 10))
+    for k in SHAPES:
+        stacked = np.sort(np.stack([u[k] for u in ups]), axis=0)
+        expected = stacked[2:-2].mean(axis=0)  # cut 20% = 2 of 10 at each end
+        np.testing.assert_allclose(_as_dict(arrays)[k], expected, rtol=1e-6)
+    assert np.abs(_as_dict(arrays)["w"]).max() < 10
+
+
+def test_median_is_the_coordinatewise_median():
+    ups = _updates(5)
+    arrays, _ = build_strategy(RunConfig(strategy="median")).aggregate_train(1, _replies(ups, [1, 2, 3, 4, 5]))
+    for k in SHAPES:
+        np.testing.assert_allclose(_as_dict(arrays)[k], np.median(np.stack([u[k] for u in ups]), axis=0))
+
+
+def _fedavgm_round(strategy, current, ups, counts, rnd):
+    strategy.current_arrays = ArrayRecord({k: Array(v.copy()) for k, v in current.items()})
+    arrays, _ = strategy.aggregate_train(rnd, _replies(ups, counts))
+    return _as_dict(arrays)
+
+
+def test_fedavgm_applies_server_momentum():
+    lr, beta = 0.7, 0.9
+    cfg = RunConfig(strategy="fedavgm", server_learning_rate=lr, server_momentum=beta)
+    strategy = build_strategy(cfg)
+    w0 = {k: np.zeros(s) for k, s in SHAPES.items()}
+    ups1, ups2, counts = _updates(3), _updates(3), [1, 2, 3]
+    w1 = _fedavgm_round(strategy, w0, ups1, counts, 1)
+    w2 = _fedavgm_round(strategy, w1, ups2, counts, 2)
+    for k in SHAPES:
+        avg1 = np.average(np.stack([u[k] for u in ups1]), axis=0, weights=counts)
+        avg2 = np.average(np.stack([u[k] for u in ups2]), axis=0, weights=counts)
+        m1 = w0[k] - avg1  # pseudo-gradient
+        e1 = w0[k] - lr * m1
+        m2 = beta * m1 + (e1 - avg2)
+        np.testing.assert_allclose(w1[k], e1, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(w2[k], e1 - lr * m2, rtol=1e-6, atol=1e-12)
+
+
+def test_fedavgm_momentum_survives_a_checkpoint():
+    cfg = RunConfig(strategy="fedavgm")
+    w0 = {k: np.zeros(s) for k, s in SHAPES.items()}
+    ups1, ups2, counts = _updates(3), _updates(3), [4, 1, 2]
+    straight = build_strategy(cfg)
+    w1 = _fedavgm_round(straight, w0, ups1, counts, 1)
+    expected = _fedavgm_round(straight, w1, ups2, counts, 2)
+
+    first = build_strategy(cfg)
+    _fedavgm_round(first, w0, ups1, counts, 1)
+    resumed = build_strategy(cfg)  # a fresh process after a restart
+    restore_strategy_state(resumed, strategy_state(first))
+    got = _fedavgm_round(resumed, w1, ups2, counts, 2)
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], expected[k])
+    assert strategy_state(build_strategy(RunConfig())) == {}
+
+
+def test_error_replies_are_skipped_not_fatal():
+    ups = _updates(2)
+    replies = _replies(ups, [1, 3])
+    request = Message(RecordDict(), dst_node_id=9, message_type="train")
+    failed = Message(Error(code=100, reason="declined"), reply_to=request)
+    arrays, _ = build_strategy(RunConfig()).aggregate_train(1, [*replies, failed])
+    np.testing.assert_allclose(
+        _as_dict(arrays)["b"], np.average(np.stack([u["b"] for u in ups]), axis=0, weights=[1, 3])
+    )
