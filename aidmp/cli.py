@@ -32,8 +32,14 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         "--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA | quantity:ALPHA"
     )
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--out", default="runs/latest", help="folder for summary.json, plots, checkpoint")
-    p.add_argument("--strategy", default=defaults.strategy, help="fedavg | fedprox | fedavgm | trimmed-mean | median")
+    p.add_argument(
+        "--out", default="runs/latest", help="folder for summary.json, plots, checkpoint"
+    )
+    p.add_argument(
+        "--strategy",
+        default=defaults.strategy,
+        help="fedavg | fedprox | fedavgm | trimmed-mean | median",
+    )
     p.add_argument("--local-epochs", type=int, default=defaults.local_epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.learning_rate, help="local learning rate")

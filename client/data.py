@@ -33,7 +33,7 @@ def local_data(node_config: Mapping[str, object], config: Mapping[str, object]) 
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise AidmpError(
             "this node has no data configured; start it with "
-            "--node-config \"partition-id=0 num-partitions=N\" to serve a simulated split"
+            '--node-config "partition-id=0 num-partitions=N" to serve a simulated split'
         )
     return simulated_institution(
         str(config["task"]),

@@ -21,6 +21,8 @@ from aidmp.errors import AidmpError
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
+# Run-config keys whose change makes a checkpoint meaningless to resume.
+RESUME_MUST_MATCH = ("task", "strategy", "partition", "seed")
 
 
 @dataclass
@@ -43,9 +45,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     if not path.is_file():
-        raise AidmpError(
-            f"no checkpoint at {path}; run without resume to start a new run"
-        )
+        raise AidmpError(f"no checkpoint at {path}; run without resume to start a new run")
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(bytes(data["meta"]).decode())
@@ -62,3 +62,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{FORMAT_VERSION}; resume it with the aidmp version that wrote it"
         )
     return Checkpoint(round=int(meta["round"]), model=model, strategy_state=state, meta=meta)
+
+
+def check_resumable(ckpt: Checkpoint, path: Path, run_config: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint under a config that would change its meaning."""
+    saved = ckpt.meta.get("run_config", {})
+    for key in RESUME_MUST_MATCH:
+        if saved.get(key) != run_config[key]:
+            raise AidmpError(
+                f"cannot resume {path}: it was run with {key}={saved.get(key)!r}, "
+                f"this run asks for {key}={run_config[key]!r}; "
+                f"use the same {key} or start a new run"
+            )

@@ -18,8 +18,13 @@ from flwr.serverapp import Grid
 
 from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
-from aidmp.errors import AidmpError
-from server.checkpoint import CHECKPOINT_NAME, Checkpoint, load_checkpoint, save_checkpoint
+from server.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server.rounds import CentralEval, RoundRecord, run_rounds
 from strategies import build_strategy, restore_strategy_state, strategy_state
 from tasks import get_task, load_dataset
@@ -27,8 +32,6 @@ from tasks import get_task, load_dataset
 log = getLogger("aidmp.server")
 
 REPORT_NAME = "report.json"
-# Keys whose change makes a checkpoint meaningless to resume.
-RESUME_MUST_MATCH = ("task", "strategy", "partition", "seed")
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -86,14 +89,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path)
-        saved = ckpt.meta.get("run_config", {})
-        for key in RESUME_MUST_MATCH:
-            ours = cfg.to_flower()[key]
-            if saved.get(key) != ours:
-                raise AidmpError(
-                    f"cannot resume {ckpt_path}: it was run with {key}={saved.get(key)!r}, "
-                    f"this run asks for {key}={ours!r}; use the same {key} or start a new run"
-                )
+        check_resumable(ckpt, ckpt_path, cfg.to_flower())
         model = task.build_model()
         model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.model.items()})
         restore_strategy_state(strategy, ckpt.strategy_state)

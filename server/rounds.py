@@ -42,7 +42,9 @@ class RoundRecord:
     @property
     def accuracy(self) -> float | None:
         """The headline figure: held-out (central) if measured, else federated."""
-        return self.central_accuracy if self.central_accuracy is not None else self.federated_accuracy
+        return (
+            self.central_accuracy if self.central_accuracy is not None else self.federated_accuracy
+        )
 
     @property
     def loss(self) -> float | None:

@@ -46,7 +46,9 @@ def parse_partition(spec: str) -> PartitionSpec:
     try:
         alpha = float(value)
     except ValueError:
-        raise AidmpError(f"bad partition spec '{spec}': ALPHA must be a number; {SPEC_HELP}")
+        raise AidmpError(
+            f"bad partition spec '{spec}': ALPHA must be a number; {SPEC_HELP}"
+        ) from None
     if not np.isfinite(alpha) or alpha <= 0:
         raise AidmpError(f"bad partition spec '{spec}': ALPHA must be > 0; {SPEC_HELP}")
     return PartitionSpec(kind, alpha)  # type: ignore[arg-type]
@@ -76,9 +78,7 @@ def partition_indices(
     return [np.sort(p) for p in parts]
 
 
-def _quantity_skew(
-    n_rows: int, n: int, alpha: float, rng: np.random.Generator
-) -> list[np.ndarray]:
+def _quantity_skew(n_rows: int, n: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
     # Everyone gets MIN_ROWS; the rest is shared out by Dir(alpha) proportions.
     spare = n_rows - n * MIN_ROWS
     sizes = MIN_ROWS + rng.multinomial(spare, rng.dirichlet(np.full(n, alpha)))
@@ -94,7 +94,7 @@ def _label_skew(
         for cls in classes:
             rows = rng.permutation(np.flatnonzero(labels == cls))
             cuts = (np.cumsum(rng.dirichlet(np.full(n, alpha)))[:-1] * len(rows)).astype(int)
-            for part, chunk in zip(parts, np.split(rows, cuts)):
+            for part, chunk in zip(parts, np.split(rows, cuts), strict=True):
                 part.append(chunk)
         merged = [np.concatenate(p) for p in parts]
         if min(len(p) for p in merged) >= MIN_ROWS:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
@@ -24,6 +25,7 @@ from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
 from client.app import app as client_app
+from server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
 from server.federation import REPORT_NAME, run_federation
 from simulations.baseline import centralized_baseline
 from simulations.partition import parse_partition, partition_indices
@@ -56,6 +58,9 @@ def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
     data = load_dataset(cfg.task)  # also reports a missing dataset package
     partition_indices(data.y_train, institutions, spec, cfg.seed)  # raises if a part is empty
     check_out_dir(Path(cfg.out_dir))
+    if cfg.resume:  # a mismatched checkpoint fails here, before Ray starts
+        ckpt_path = Path(cfg.out_dir) / CHECKPOINT_NAME
+        check_resumable(load_checkpoint(ckpt_path), ckpt_path, cfg.to_flower())
     # Wait for the whole (simulated) federation before round 1.
     return cfg.model_copy(
         update={
@@ -95,7 +100,9 @@ def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dic
 
     report_path = out / REPORT_NAME
     if not report_path.is_file():
-        raise AidmpError(f"the simulation ended without a report at {report_path}; rerun with --verbose")
+        raise AidmpError(
+            f"the simulation ended without a report at {report_path}; rerun with --verbose"
+        )
     report = json.loads(report_path.read_text())
     summary = {
         "task": cfg.task,
@@ -117,8 +124,14 @@ def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dic
     return summary
 
 
-def run_flower_simulation(server_app: ServerApp, institutions: int, *, verbose: bool) -> None:
-    """Flower's simulation engine with our ClientApp, quiet unless `verbose`."""
+def run_flower_simulation(
+    server_app: ServerApp,
+    institutions: int,
+    *,
+    verbose: bool,
+    client: ClientApp = client_app,
+) -> None:
+    """Flower's simulation engine (our ClientApp unless told), quiet unless `verbose`."""
     flwr_logger = logging.getLogger("flwr")
     previous = flwr_logger.level
     if not verbose:
@@ -130,7 +143,7 @@ def run_flower_simulation(server_app: ServerApp, institutions: int, *, verbose: 
             warnings.simplefilter("ignore")
             run_simulation(
                 server_app=server_app,
-                client_app=client_app,
+                client_app=client,
                 num_supernodes=institutions,
                 backend_config=_backend_config(institutions, verbose),
                 verbose_logging=verbose,

