@@ -47,6 +47,15 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fraction-evaluate", type=float, default=defaults.fraction_evaluate)
     p.add_argument("--min-nodes", type=int, default=defaults.min_nodes)
     p.add_argument("--proximal-mu", type=float, default=defaults.proximal_mu, help="FedProx only")
+    p.add_argument(
+        "--server-momentum", type=float, default=defaults.server_momentum, help="FedAvgM only"
+    )
+    p.add_argument(
+        "--server-lr", type=float, default=defaults.server_learning_rate, help="FedAvgM only"
+    )
+    p.add_argument(
+        "--trim-beta", type=float, default=defaults.trim_beta, help="trimmed-mean: cut per end"
+    )
     p.add_argument("--no-central-eval", action="store_true", help="skip held-out evaluation")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
@@ -66,6 +75,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
             "fraction-evaluate": args.fraction_evaluate,
             "min-nodes": args.min_nodes,
             "proximal-mu": args.proximal_mu,
+            "server-momentum": args.server_momentum,
+            "server-learning-rate": args.server_lr,
+            "trim-beta": args.trim_beta,
             "partition": args.partition,
             "seed": args.seed,
             "central-eval": not args.no_central_eval,

@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from aidmp.errors import AidmpError, DeclineCode
 from client.data import local_data
-from tasks import get_task
+from tasks import Task, get_task
+from tasks.base import LocalData
 
 app = ClientApp()
 
@@ -42,14 +44,20 @@ def _round_seed(config: ConfigRecord, context: Context) -> int:
     return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + node  # type: ignore[arg-type]
 
 
-@app.train()
-@_decline_on_error
-def train(msg: Message, context: Context) -> Message:
+def _setup(msg: Message, context: Context) -> tuple[ConfigRecord, Task, LocalData, nn.Module]:
+    """The round's config, its task, this node's data, and the global model as received."""
     config = msg.content["config"]
     task = get_task(str(config["task"]))
     data = local_data(context.node_config, config)
     model = task.build_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return config, task, data, model
+
+
+@app.train()
+@_decline_on_error
+def train(msg: Message, context: Context) -> Message:
+    config, task, data, model = _setup(msg, context)
     loss = task.train(
         model,
         data.x_train,
@@ -72,11 +80,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 @_decline_on_error
 def evaluate(msg: Message, context: Context) -> Message:
-    config = msg.content["config"]
-    task = get_task(str(config["task"]))
-    data = local_data(context.node_config, config)
-    model = task.build_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    _, task, data, model = _setup(msg, context)
     loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
     metrics = MetricRecord(
         {"num-examples": len(data.y_val), "eval-loss": loss, "eval-accuracy": accuracy}
