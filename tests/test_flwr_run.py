@@ -1,0 +1,54 @@
+"""`flwr run .` works as Flower users expect: this folder is a Flower App."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kill_processes_with_env(key: str, value: str) -> None:
+    """`flwr run` leaves a local SuperLink running in the background; stop ours."""
+    needle = f"{key}={value}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="cleanup reads /proc")
+def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path):
+    flwr_home, out = tmp_path / "flwr-home", tmp_path / "out"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # offline: no `uv sync`
+    }
+    flwr = Path(sys.executable).with_name("flwr")
+    pyproject_before = (ROOT / "pyproject.toml").read_text()
+    cmd = [
+        str(flwr), "run", ".", "--stream",
+        "--federation-config", "num-supernodes=2",
+        "--run-config", f"task='breast-cancer' num-rounds=1 partition='iid' out-dir='{out}'",
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        _kill_processes_with_env("FLWR_HOME", str(flwr_home))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "breast-cancer" and report["rounds_completed"] == 1
+    (first,) = report["per_round"]
+    assert first["train_replies"] == 2 and first["aggregated"]
+    assert (ROOT / "pyproject.toml").read_text() == pyproject_before
