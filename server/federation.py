@@ -6,7 +6,6 @@ Both the ServerApp (`flwr run .`, deployment) and `aidmp simulate` call
 
 from __future__ import annotations
 
-import random
 import time
 from logging import getLogger
 from pathlib import Path
@@ -82,9 +81,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     ckpt_path = out_dir / CHECKPOINT_NAME
     task = get_task(cfg.task)
     strategy = build_strategy(cfg)
-    # Flower samples nodes with Python's `random`; seed it so runs repeat.
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial global model
 
     history: list[dict[str, Any]] = []
     if cfg.resume:
@@ -130,6 +127,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             last_round=cfg.num_rounds,
             round_config=lambda rnd: round_config_for(cfg, rnd),
             timeout=cfg.round_timeout,
+            seed=cfg.seed,
             central_eval=_central_evaluator(cfg.task) if cfg.central_eval else None,
             on_round_end=on_round_end,
         )
