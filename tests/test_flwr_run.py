@@ -30,12 +30,14 @@ def _kill_processes_with_env(key: str, value: str) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="cleanup reads /proc")
 def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path):
     flwr_home, out = tmp_path / "flwr-home", tmp_path / "out"
+    venv_bin = Path(sys.executable).parent  # `flwr run` finds flower-superlink on PATH
     env = {
         **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # offline: no `uv sync`
     }
-    flwr = Path(sys.executable).with_name("flwr")
+    flwr = venv_bin / "flwr"
     pyproject_before = (ROOT / "pyproject.toml").read_text()
     cmd = [
         str(flwr), "run", ".", "--stream",
