@@ -1,4 +1,4 @@
-"""The `aidmp` command. One subcommand group per user; this session ships `simulate`.
+"""The `aidmp` command: `simulate` for researchers, `ledger` for institutions.
 
 Errors a user can fix print one line (`aidmp: error: ...`) and exit 2, with no
 traceback.
@@ -56,6 +56,21 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trim-beta", type=float, default=defaults.trim_beta, help="trimmed-mean: cut per end"
     )
+    p.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=defaults.dp_epsilon,
+        help="each institution's privacy budget for the whole run (DP-SGD is on by default)",
+    )
+    p.add_argument("--dp-delta", type=float, default=defaults.dp_delta)
+    p.add_argument("--dp-max-grad-norm", type=float, default=defaults.dp_max_grad_norm)
+    p.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        default=defaults.dp_noise_multiplier,
+        help="fix sigma instead of planning it from --dp-epsilon (0: plan)",
+    )
+    p.add_argument("--no-dp", action="store_true", help="train without DP-SGD (a baseline)")
     p.add_argument("--no-central-eval", action="store_true", help="skip held-out evaluation")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
@@ -83,6 +98,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
             "central-eval": not args.no_central_eval,
             "out-dir": args.out,
             "resume": args.resume,
+            "dp": not args.no_dp,
+            "dp-epsilon": args.dp_epsilon,
+            "dp-delta": args.dp_delta,
+            "dp-max-grad-norm": args.dp_max_grad_norm,
+            "dp-noise-multiplier": args.dp_noise_multiplier,
         }
     )
     from simulations.runner import PLOT_NAME, SUMMARY_NAME, simulate  # heavy imports: late
@@ -93,7 +113,67 @@ def _run_simulate(args: argparse.Namespace) -> int:
         f"final accuracy {final['accuracy']:.4f} ({final['source']}), loss {final['loss']:.4f}; "
         f"centralized baseline {base['accuracy']:.4f}; {summary['wall_seconds']:.1f}s"
     )
+    privacy = summary["privacy"]
+    if privacy["dp"]:
+        spent = privacy["epsilon_by_institution"]
+        print(
+            f"DP-SGD: eps spent up to {max(spent.values(), default=0):.2f} of "
+            f"{privacy['epsilon_budget']:g} per institution (delta {privacy['delta']}); "
+            f"{len(privacy['declined'])} declined round(s)"
+        )
     print(f"wrote {args.out}/{SUMMARY_NAME} and {args.out}/{PLOT_NAME}")
+    return 0
+
+
+def _ledger_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ledger", help="institution: show, verify or reset a privacy ledger")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    for verb, text in (
+        ("show", "spend per run and round"),
+        ("verify", "recompute eps from the stored history and check the recorded figures"),
+    ):
+        v = verbs.add_parser(verb, help=text)
+        v.add_argument("path", help="a ledger.json, or the node's state folder holding one")
+        v.set_defaults(handler=_run_ledger)
+    r = verbs.add_parser("reset", help="set a ledger aside and start the dataset afresh (logged)")
+    r.add_argument("path", help="the node's state folder, or its ledger.json")
+    r.add_argument("--reason", required=True, help="why; written to ledger-admin.log")
+    r.set_defaults(handler=_run_ledger)
+
+
+def _run_ledger(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from privacy.ledger import LEDGER_NAME, PrivacyLedger, reset_ledger
+
+    path = Path(args.path)
+    folder, file = (path, path / LEDGER_NAME) if path.is_dir() else (path.parent, path)
+    if args.verb == "reset":
+        import getpass
+
+        kept = reset_ledger(folder, reason=args.reason, who=getpass.getuser())
+        print(f"ledger reset in {folder}" + (f"; the old one is kept as {kept}" if kept else ""))
+        return 0
+    ledger = PrivacyLedger.load(file)
+    if args.verb == "show":
+        print(
+            f"{file}\n  dataset {ledger.dataset[:16]}…  budget eps {ledger.budget:g}  "
+            f"delta {ledger.delta:g}  accountant {ledger.accountant}"
+        )
+        print(f"  {'run':>20} {'round':>5} {'sigma':>8} {'q':>8} {'steps':>6} {'eps after':>9}")
+        for e in ledger.entries:
+            print(
+                f"  {e['run_id']:>20} {e['round']:>5} {e['noise_multiplier']:8.4f} "
+                f"{e['sample_rate']:8.5f} {e['steps']:6d} {e['epsilon_after']:9.4f}"
+            )
+        print(f"  spent eps {ledger.spent():.4f} of {ledger.budget:g}")
+        return 0
+    problems = ledger.verify()
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    if problems:
+        return 1
+    print(f"ok: {len(ledger.entries)} entries; eps {ledger.spent():.4f} recomputed and matches")
     return 0
 
 
@@ -103,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)
+    _ledger_parser(sub)
     return parser
 
 

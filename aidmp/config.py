@@ -44,6 +44,21 @@ class RunConfig(BaseModel):
     out_dir: str = Field("runs/latest", alias="out-dir")
     resume: bool = False
     round_timeout: float = Field(600.0, alias="round-timeout", gt=0)
+    # --- sample-level DP-SGD at each node (privacy/dp.py). In deployment a node's own
+    # --node-config values win over these; in simulation these are every node's policy.
+    dp: bool = True
+    dp_epsilon: float = Field(3.0, alias="dp-epsilon", gt=0, description="budget per dataset")
+    dp_delta: float = Field(1e-5, alias="dp-delta", gt=0, lt=1)
+    dp_max_grad_norm: float = Field(1.0, alias="dp-max-grad-norm", gt=0)
+    dp_noise_multiplier: float = Field(
+        0.0, alias="dp-noise-multiplier", ge=0, description="0: plan it from dp-epsilon"
+    )
+    dp_accountant: Literal["rdp", "prv"] = Field("rdp", alias="dp-accountant")
+    state_root: str = Field(
+        "",
+        alias="state-root",
+        description="simulation: nodes' state folders; '' = OUT/institutions",
+    )
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

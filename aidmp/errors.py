@@ -1,12 +1,23 @@
 """Errors that reach a user as one clear line: what is wrong and what to do."""
 
 
-class AidmpError(Exception):
-    """A problem a user can fix. The CLI prints its message without a traceback."""
-
-
 class DeclineCode:
     """Flower error codes with which a node declines a round (0 to 8 are Flower's)."""
 
     DATA_UNAVAILABLE = 100  # the node has no usable data for this task
     BAD_CONFIG = 101  # the round's config is missing a key or has a wrong value
+    BUDGET_EXHAUSTED = 102  # this round would take the node past its privacy budget
+    PRIVACY_POLICY = 103  # the node's DP policy or ledger is invalid or unverifiable
+
+
+class AidmpError(Exception):
+    """A problem a user can fix. The CLI prints its message without a traceback; a node
+    declines the round with `decline_code` and the message as the reason."""
+
+    decline_code = DeclineCode.DATA_UNAVAILABLE
+
+
+class PrivacyError(AidmpError):
+    """The node's DP policy or ledger forbids training: invalid, unreadable or foreign."""
+
+    decline_code = DeclineCode.PRIVACY_POLICY

@@ -1,7 +1,8 @@
 """The institution's Flower ClientApp (`[tool.flwr.app.components] clientapp`).
 
 Train: load local data (cached per process), take the global model, train
-locally, reply with the new weights and the example count. Evaluate: score the
+locally (under DP-SGD, charging the node's own ledger, when its policy says so),
+reply with the new weights, the example count and the privacy spend. Evaluate: score the
 global model on the node's own validation rows. A node that cannot take part
 declines with a Flower error reply (code >= 100) and a reason, never a crash.
 """
@@ -15,7 +16,9 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from aidmp.errors import AidmpError, DeclineCode
-from client.data import local_data
+from client.data import dataset_id, institution_name, local_data
+from privacy.node_round import train_private_round
+from privacy.policy import resolve_dp_policy
 from tasks import Task, get_task
 from tasks.base import LocalData
 
@@ -23,16 +26,22 @@ app = ClientApp()
 
 
 def _decline_on_error(handler: Callable[[Message, Context], Message]):
-    """Turn a problem the node can name into an error reply the coordinator can log."""
+    """Turn a problem the node can name into an error reply the coordinator can log.
+
+    The reason starts with the node's name in brackets, so the coordinator can say
+    which institution declined even if it never heard from it before.
+    """
 
     def wrapped(msg: Message, context: Context) -> Message:
+        name = institution_name(context.node_config, context.node_id)
         try:
             return handler(msg, context)
         except AidmpError as exc:
-            return Message(Error(code=DeclineCode.DATA_UNAVAILABLE, reason=str(exc)), reply_to=msg)
+            code, reason = exc.decline_code, str(exc)
         except KeyError as exc:
+            code = DeclineCode.BAD_CONFIG
             reason = f"round config lacks key {exc}; coordinator and node versions differ?"
-            return Message(Error(code=DeclineCode.BAD_CONFIG, reason=reason), reply_to=msg)
+        return Message(Error(code=code, reason=f"[{name}] {reason}"), reply_to=msg)
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -58,20 +67,36 @@ def _setup(msg: Message, context: Context) -> tuple[ConfigRecord, Task, LocalDat
 @_decline_on_error
 def train(msg: Message, context: Context) -> Message:
     config, task, data, model = _setup(msg, context)
-    loss = task.train(
-        model,
-        data.x_train,
-        data.y_train,
-        epochs=int(config["local-epochs"]),  # type: ignore[arg-type]
-        batch_size=int(config["batch-size"]),  # type: ignore[arg-type]
-        learning_rate=float(config["learning-rate"]),  # type: ignore[arg-type]
-        seed=_round_seed(config, context),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
-    )
+    name = institution_name(context.node_config, context.node_id)
+    hyper = {
+        "epochs": int(config["local-epochs"]),  # type: ignore[arg-type]
+        "batch_size": int(config["batch-size"]),  # type: ignore[arg-type]
+        "learning_rate": float(config["learning-rate"]),  # type: ignore[arg-type]
+        "seed": _round_seed(config, context),
+        "proximal_mu": float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+    }
+    node = {"institution": name}
+    policy = resolve_dp_policy(context.node_config, config, name)
+    if policy is None:
+        loss = task.train(model, data.x_train, data.y_train, **hyper)
+    else:
+        # Where a budget is charged: privacy/node_round.py, before and after DP-SGD.
+        loss, spend = train_private_round(
+            model,
+            data,
+            policy=policy,
+            dataset_id=dataset_id(str(config["task"]), data),
+            run_id=str(context.run_id),
+            server_round=int(config["server-round"]),  # type: ignore[arg-type]
+            num_rounds=int(config["num-rounds"]),  # type: ignore[arg-type]
+            **hyper,
+        )
+        node |= spend.as_record()
     reply = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord({"num-examples": len(data.y_train), "train-loss": loss}),
+            "node": ConfigRecord(node),
         }
     )
     return Message(reply, reply_to=msg)

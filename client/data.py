@@ -8,7 +8,10 @@ message would repeat seconds of work every round.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
+
+import numpy as np
 
 from aidmp.errors import AidmpError
 from simulations.partition import institution_data
@@ -42,3 +45,25 @@ def local_data(node_config: Mapping[str, object], config: Mapping[str, object]) 
         int(node_config["num-partitions"]),  # type: ignore[arg-type]
         int(node_config["partition-id"]),  # type: ignore[arg-type]
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(task: str, data: LocalData) -> str:
+    digest = hashlib.sha256(task.encode())
+    for part in (data.x_train, data.y_train):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.hexdigest()
+
+
+def dataset_id(task: str, data: LocalData) -> str:
+    """A fingerprint of the rows this node trains on: its privacy ledger is keyed by it."""
+    return _fingerprint(task, data)
+
+
+def institution_name(node_config: Mapping[str, object], node_id: int) -> str:
+    """How reports name this node: its own `name`, its simulated index, or its node id."""
+    if "name" in node_config:
+        return str(node_config["name"])
+    if "partition-id" in node_config:
+        return f"institution-{node_config['partition-id']}"
+    return f"node-{node_id}"

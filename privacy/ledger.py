@@ -19,26 +19,32 @@ logged in `ledger-admin.log`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 from aidmp.atomic import atomic_write_json
-from aidmp.errors import AidmpError
+from aidmp.errors import DeclineCode, PrivacyError
 
 Accountant = Literal["rdp", "prv"]
 FORMAT_VERSION = 1
 LEDGER_NAME = "ledger.json"
 REGISTRY_NAME = "trained.json"
 ADMIN_LOG_NAME = "ledger-admin.log"
+RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
 
 
-class BudgetExhausted(AidmpError):
+class BudgetExhausted(PrivacyError):
     """This round would take the dataset past its ε budget."""
+
+    decline_code = DeclineCode.BUDGET_EXHAUSTED
 
 
 @dataclass(frozen=True)
@@ -53,11 +59,28 @@ class Charge:
         return (self.noise_multiplier, self.sample_rate, self.steps)
 
 
+@functools.lru_cache(maxsize=1024)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    # The costly part of RDP accounting (0.5 s for a large q); linear in steps.
+    return rdp_analysis.compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS
+    )
+
+
 def epsilon_of(charges: list[Charge], delta: float, accountant: Accountant = "rdp") -> float:
-    """ε after all `charges`, by Opacus's own accountant over the same history."""
+    """ε after all `charges`, over the same history and orders as Opacus's accountant.
+
+    RDP composes Opacus's own `compute_rdp` per (σ, q), cached, and sums it over the
+    steps exactly as `RDPAccountant.get_privacy_spent` does (a test checks they agree).
+    PRV is Opacus's `PRVAccountant` itself.
+    """
     if not charges:
         return 0.0
-    acct = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    if accountant == "rdp":
+        rdp = sum(_rdp_per_step(c.noise_multiplier, c.sample_rate) * c.steps for c in charges)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
+        return float(eps)
+    acct = PRVAccountant()
     acct.history = [c.as_tuple() for c in charges]
     return float(acct.get_epsilon(delta))
 
@@ -94,14 +117,14 @@ class PrivacyLedger:
         if path.exists():
             ledger = cls.load(path)
             if ledger.dataset != dataset:
-                raise AidmpError(
+                raise PrivacyError(
                     f"ledger {path} belongs to other data (dataset {ledger.dataset[:12]}…, "
                     f"this node's data is {dataset[:12]}…); give each dataset its own ledger "
                     "folder"
                 )
             return ledger
         if dataset in _read_registry(folder):
-            raise AidmpError(
+            raise PrivacyError(
                 f"ledger {path} is missing, but this node has trained on dataset "
                 f"{dataset[:12]}… before ({folder / REGISTRY_NAME}); restore the ledger from a "
                 "backup, or reset it explicitly with `aidmp ledger reset`"
@@ -127,19 +150,21 @@ class PrivacyLedger:
             doc = json.loads(path.read_text())
             body, stored = doc["body"], doc["sha256"]
         except FileNotFoundError:
-            raise AidmpError(f"no ledger at {path}") from None
+            raise PrivacyError(f"no ledger at {path}") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AidmpError(
+            raise PrivacyError(
                 f"ledger {path} is unreadable ({exc.__class__.__name__}); no training on an "
                 "unverifiable budget: restore it from a backup, or `aidmp ledger reset`"
             ) from None
         if _checksum(body) != stored:
-            raise AidmpError(
+            raise PrivacyError(
                 f"ledger {path} fails its checksum (damaged or edited); no training on an "
                 "unverifiable budget: restore it from a backup, or `aidmp ledger reset`"
             )
         if body.get("format") != FORMAT_VERSION:
-            raise AidmpError(f"ledger {path} has format {body.get('format')}, not {FORMAT_VERSION}")
+            raise PrivacyError(
+                f"ledger {path} has format {body.get('format')}, not {FORMAT_VERSION}"
+            )
         return cls(path, body)
 
     def _save(self) -> None:
@@ -228,7 +253,7 @@ def _read_registry(folder: Path) -> set[str]:
     try:
         return set(json.loads(path.read_text())["datasets"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise AidmpError(f"{path} is unreadable; restore it from a backup") from None
+        raise PrivacyError(f"{path} is unreadable; restore it from a backup") from None
 
 
 def _write_registry(folder: Path, datasets: set[str]) -> None:
@@ -238,7 +263,7 @@ def _write_registry(folder: Path, datasets: set[str]) -> None:
 def reset_ledger(folder: Path, *, reason: str, who: str) -> Path | None:
     """The explicit admin reset: set the old ledger aside, forget the dataset, log it."""
     if not reason.strip():
-        raise AidmpError("a ledger reset needs a reason (--reason)")
+        raise PrivacyError("a ledger reset needs a reason (--reason)")
     path = folder / LEDGER_NAME
     kept = None
     dataset = None

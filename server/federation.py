@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
+from aidmp.errors import DeclineCode
 from server.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -39,12 +40,22 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
     failed = len(rec.train_failures)
+    privacy = ""
+    if rec.privacy:
+        privacy = "\n    eps spent: " + ", ".join(
+            f"{name} {p['epsilon-spent']:.2f}" for name, p in sorted(rec.privacy.items())
+        )
+    declined = "".join(
+        f"\n    declined: {f['institution']}: {f['reason']}" for f in rec.train_failures
+    )
     return (
         f"round {rec.round:>3}/{num_rounds}  acc {_fmt(rec.accuracy)}  loss {_fmt(rec.loss)}"
         f"  fed-acc {_fmt(rec.federated_accuracy)}  train-loss {_fmt(rec.train_loss)}"
         f"  nodes {rec.train_replies}/{rec.train_replies + failed}"
         f"  {rec.elapsed_s:5.1f}s (total {total_s:6.1f}s)"
         + ("" if rec.aggregated else "  [skipped: no usable replies]")
+        + privacy
+        + declined
     )
 
 
@@ -61,7 +72,11 @@ def _central_evaluator(task_name: str) -> CentralEval:
 
 
 def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
-    """What each node needs to train or evaluate in round `rnd`."""
+    """What each node needs to train or evaluate in round `rnd`.
+
+    The dp-* keys are a default policy: a node's own node config overrides them.
+    """
+    state_root = cfg.state_root or str(Path(cfg.out_dir).resolve() / "institutions")
     return ConfigRecord(
         {
             "task": cfg.task,
@@ -71,6 +86,14 @@ def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
             "batch-size": cfg.batch_size,
             "learning-rate": cfg.learning_rate,
             "server-round": rnd,
+            "num-rounds": cfg.num_rounds,
+            "dp": cfg.dp,
+            "dp-epsilon": cfg.dp_epsilon,
+            "dp-delta": cfg.dp_delta,
+            "dp-max-grad-norm": cfg.dp_max_grad_norm,
+            "dp-noise-multiplier": cfg.dp_noise_multiplier,
+            "dp-accountant": cfg.dp_accountant,
+            "state-root": state_root,
         }
     )
 
@@ -143,6 +166,7 @@ def build_report(
     """The coordinator's run report: config, every round, and the final figures."""
     last = history[-1] if history else {}
     return {
+        **_privacy_report(cfg, history),
         "task": cfg.task,
         "strategy": cfg.strategy,
         "run_config": cfg.to_flower(),
@@ -154,4 +178,30 @@ def build_report(
             "loss": last.get("loss"),
             "source": "central" if last.get("central_accuracy") is not None else "federated",
         },
+    }
+
+
+def _privacy_report(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """ε per institution as each last reported it, and every decline with its reason."""
+    latest: dict[str, float] = {}
+    deltas: set[float] = set()
+    for rec in history:
+        for name, spend in rec.get("privacy", {}).items():
+            latest[name] = spend["epsilon-spent"]
+            deltas.add(spend["delta"])
+    declined = [
+        {"round": rec["round"], "institution": f["institution"], "code": f["code"],
+         "reason": f["reason"]}
+        for rec in history
+        for f in rec.get("train_failures", [])
+        if f["code"] in (DeclineCode.BUDGET_EXHAUSTED, DeclineCode.PRIVACY_POLICY)
+    ]  # fmt: skip
+    return {
+        "privacy": {
+            "dp": cfg.dp,
+            "epsilon_budget": cfg.dp_epsilon if cfg.dp else None,
+            "epsilon_by_institution": dict(sorted(latest.items())),
+            "delta": (deltas.pop() if len(deltas) == 1 else sorted(deltas)) if deltas else None,
+            "declined": declined,
+        }
     }

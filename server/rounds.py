@@ -9,6 +9,7 @@ that checkpoints it and prints progress.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ class RoundRecord:
     federated_accuracy: float | None = None
     central_loss: float | None = None
     central_accuracy: float | None = None
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # institution -> spend
     aggregated: bool = False
     elapsed_s: float = 0.0
 
@@ -55,12 +57,39 @@ class RoundRecord:
         return asdict(self) | {"accuracy": self.accuracy, "loss": self.loss}
 
 
+_NAMED_REASON = re.compile(r"^\[(?P<name>[^\]]+)\] (?P<reason>.*)$", re.DOTALL)
+
+
 def _failures(replies: Iterable[Message]) -> list[dict[str, object]]:
-    return [
-        {"node": m.metadata.src_node_id, "code": m.error.code, "reason": m.error.reason}
-        for m in replies
-        if m.has_error()
-    ]
+    """Failed replies; our nodes put their name in brackets before the reason."""
+    failures = []
+    for m in replies:
+        if not m.has_error():
+            continue
+        match = _NAMED_REASON.match(m.error.reason)
+        failures.append(
+            {
+                "node": m.metadata.src_node_id,
+                "institution": match["name"] if match else f"node-{m.metadata.src_node_id}",
+                "code": m.error.code,
+                "reason": match["reason"] if match else m.error.reason,
+            }
+        )
+    return failures
+
+
+def _privacy_spend(replies: Iterable[Message]) -> dict[str, dict[str, float]]:
+    """ε spent, ε of this round, δ and budget left, per institution that trained under DP."""
+    spend = {}
+    for m in replies:
+        node = None if m.has_error() else m.content.config_records.get("node")
+        if node is not None and "epsilon-spent" in node:
+            spend[str(node["institution"])] = {
+                k: float(v)
+                for k, v in node.items()
+                if k != "institution"  # type: ignore[arg-type]
+            }
+    return spend
 
 
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:
@@ -100,6 +129,7 @@ def run_rounds(
         )
         record.train_failures = _failures(replies)
         record.train_replies = len(replies) - len(record.train_failures)
+        record.privacy = _privacy_spend(replies)
         try:
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
         except InconsistentMessageReplies as exc:

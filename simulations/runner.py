@@ -113,6 +113,7 @@ def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dic
         "strategy": cfg.strategy,
         "run_config": cfg.to_flower(),
         "per_round": report["per_round"],
+        "privacy": report["privacy"],
         "final": report["final"],
         "centralized_baseline": centralized_baseline(cfg),
         "resumed_from_round": report["resumed_from_round"],

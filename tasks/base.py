@@ -132,7 +132,7 @@ def evaluate_classifier(
     return loss / len(xs), correct / len(xs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: it is cached per process
 class LocalData:
     """One institution's rows: what it trains on and what it validates on."""
 

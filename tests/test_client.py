@@ -27,7 +27,7 @@ def _request(kind, cfg, rnd=1, **extra):
 
 
 NODE = {"partition-id": 1, "num-partitions": 3}
-CFG = RunConfig(task="breast-cancer", partition="iid", seed=0)
+CFG = RunConfig(task="breast-cancer", partition="iid", seed=0, dp=False)
 
 
 def test_train_replies_with_new_weights_and_example_count():

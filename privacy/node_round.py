@@ -1,0 +1,114 @@
+"""One round of private training at a node: plan σ, check the budget, train, charge.
+
+This is the order DESIGN.md fixes: the ledger is asked before any data is touched,
+and charged with exactly what Opacus's accountant recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from aidmp.errors import PrivacyError
+from privacy.dp import RoundShape, check_delta, plan_noise_multiplier, train_dp
+from privacy.ledger import PrivacyLedger
+from privacy.policy import DPPolicy
+from tasks.base import LocalData
+
+
+@dataclass(frozen=True)
+class PrivacySpend:
+    """What crosses the wire about privacy, per DESIGN.md: spend so far, this round, δ, left."""
+
+    epsilon_spent: float
+    epsilon_round: float
+    delta: float
+    budget_left: float
+    noise_multiplier: float
+
+    def as_record(self) -> dict[str, float]:
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+
+def open_ledger(policy: DPPolicy, dataset_id: str) -> PrivacyLedger:
+    ledger = PrivacyLedger.open(
+        policy.state_dir,
+        dataset=dataset_id,
+        budget_epsilon=policy.epsilon,
+        delta=policy.delta,
+        accountant=policy.accountant,
+    )
+    if (ledger.budget, ledger.delta, ledger.accountant) != (
+        policy.epsilon,
+        policy.delta,
+        policy.accountant,
+    ):
+        raise PrivacyError(
+            f"ledger {ledger.path} was opened with eps {ledger.budget:g}, delta "
+            f"{ledger.delta:g}, {ledger.accountant}; the policy now says eps "
+            f"{policy.epsilon:g}, delta {policy.delta:g}, {policy.accountant}. A dataset's "
+            "budget is fixed: restore the policy, or reset the ledger with `aidmp ledger reset`"
+        )
+    return ledger
+
+
+def plan_sigma(
+    ledger: PrivacyLedger, policy: DPPolicy, shape: RoundShape, run_id: str, rnd: int, rounds: int
+) -> float:
+    """σ for this round: the policy's own, or planned so this run's rounds fit the budget.
+
+    The plan spans this run from the first round the ledger saw of it, on top of all
+    earlier runs' spend, so it is the same in every round of a run (and cached).
+    """
+    if policy.noise_multiplier > 0:
+        return policy.noise_multiplier
+    earlier = tuple(
+        c for c, e in zip(ledger.charges, ledger.entries, strict=True) if e["run_id"] != run_id
+    )
+    first = min([e["round"] for e in ledger.entries if e["run_id"] == run_id] + [rnd])
+    return plan_noise_multiplier(
+        earlier, ledger.budget, ledger.delta, shape, max(1, rounds - first + 1), ledger.accountant
+    )
+
+
+def train_private_round(
+    model: nn.Module,
+    data: LocalData,
+    *,
+    policy: DPPolicy,
+    dataset_id: str,
+    run_id: str,
+    server_round: int,
+    num_rounds: int,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> tuple[float, PrivacySpend]:
+    """Train `model` on `data` under DP-SGD and charge the ledger. Raises BudgetExhausted
+    (or another PrivacyError) before touching the data if it may not train."""
+    n = len(data.y_train)
+    check_delta(policy.delta, n)
+    ledger = open_ledger(policy, dataset_id)
+    shape = RoundShape.of(n, batch_size, epochs)
+    sigma = plan_sigma(ledger, policy, shape, run_id, server_round, num_rounds)
+    before = ledger.spent()
+    ledger.check(shape.charge(sigma))
+    loss, charge = train_dp(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        noise_multiplier=sigma,
+        max_grad_norm=policy.max_grad_norm,
+        proximal_mu=proximal_mu,
+        grad_sample_mode=policy.grad_sample_mode,
+        accountant=policy.accountant,
+    )
+    after = ledger.charge(charge, run_id=run_id, round=server_round)
+    return loss, PrivacySpend(after, after - before, ledger.delta, ledger.budget - after, sigma)

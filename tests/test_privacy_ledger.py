@@ -1,0 +1,174 @@
+"""The privacy ledger: Opacus's ε, atomic and checksummed, never silently reset."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from aidmp.errors import DeclineCode, PrivacyError
+from privacy.dp import RoundShape, check_delta, plan_noise_multiplier
+from privacy.ledger import (
+    ADMIN_LOG_NAME,
+    LEDGER_NAME,
+    BudgetExhausted,
+    Charge,
+    PrivacyLedger,
+    epsilon_of,
+    reset_ledger,
+)
+
+HISTORY = [Charge(1.1, 0.01, 100), Charge(1.1, 0.01, 100), Charge(0.8, 0.02, 50)]
+
+
+def _open(folder, dataset="a" * 64, budget=3.0, delta=1e-5, accountant="rdp"):
+    return PrivacyLedger.open(
+        folder, dataset=dataset, budget_epsilon=budget, delta=delta, accountant=accountant
+    )
+
+
+@pytest.mark.parametrize(("name", "cls"), [("rdp", RDPAccountant), ("prv", PRVAccountant)])
+def test_epsilon_equals_opacus_accountant_over_the_same_history(tmp_path, name, cls):
+    ledger = _open(tmp_path, accountant=name)
+    for i, charge in enumerate(HISTORY):
+        ledger.charge(charge, run_id="r1", round=i + 1)
+    acct = cls()
+    for c in HISTORY:  # the accountant as Opacus's PrivacyEngine drives it: step by step
+        for _ in range(c.steps):
+            acct.step(noise_multiplier=c.noise_multiplier, sample_rate=c.sample_rate)
+    assert ledger.spent() == pytest.approx(acct.get_epsilon(1e-5), rel=1e-9)
+    assert PrivacyLedger.load(tmp_path / LEDGER_NAME).spent() == pytest.approx(ledger.spent())
+
+
+def test_budget_carries_across_runs_and_processes(tmp_path):
+    first = _open(tmp_path)
+    first.charge(HISTORY[0], run_id="run-a", round=1)
+    first.charge(HISTORY[1], run_id="run-a", round=2)
+    spent_a = first.spent()
+    second = _open(tmp_path)  # a new federation, a new process: same file
+    assert second.spent() == pytest.approx(spent_a)
+    after = second.charge(HISTORY[2], run_id="run-b", round=1)
+    assert after > spent_a
+    assert [e["run_id"] for e in _open(tmp_path).entries] == ["run-a", "run-a", "run-b"]
+
+
+def test_over_budget_round_is_refused_with_the_figures(tmp_path):
+    ledger = _open(tmp_path, budget=2.0)
+    ledger.charge(Charge(1.0, 0.01, 200), run_id="r", round=1)
+    expected = r"privacy budget exhausted: eps 1\.34 of 2\.00 spent, this round needs \d\.\d\d$"
+    with pytest.raises(BudgetExhausted, match=expected) as err:
+        ledger.check(Charge(1.0, 0.01, 2000))
+    assert err.value.decline_code == DeclineCode.BUDGET_EXHAUSTED
+    assert len(ledger.entries) == 1  # nothing charged
+
+
+def test_ledger_of_other_data_is_refused(tmp_path):
+    _open(tmp_path, dataset="a" * 64)
+    with pytest.raises(PrivacyError, match="belongs to other data"):
+        _open(tmp_path, dataset="b" * 64)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit", "garbage"])
+def test_damaged_ledger_is_an_error_not_a_reset(tmp_path, damage):
+    ledger = _open(tmp_path)
+    ledger.charge(HISTORY[0], run_id="r", round=1)
+    path = tmp_path / LEDGER_NAME
+    text = path.read_text()
+    if damage == "truncate":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "edit":  # someone lowers the recorded spend
+        doc = json.loads(text)
+        doc["body"]["entries"][0]["steps"] = 1
+        path.write_text(json.dumps(doc))
+    else:
+        path.write_bytes(b"\x00\x01")
+    with pytest.raises(PrivacyError, match="no training on an unverifiable budget"):
+        _open(tmp_path)
+
+
+def test_deleted_ledger_of_trained_data_is_an_error_until_reset(tmp_path):
+    ledger = _open(tmp_path)
+    ledger.charge(HISTORY[0], run_id="r", round=1)
+    (tmp_path / LEDGER_NAME).unlink()
+    with pytest.raises(PrivacyError, match="missing, but this node has trained"):
+        _open(tmp_path)
+    reset_ledger(tmp_path, reason="test: data re-collected", who="admin")
+    assert _open(tmp_path).spent() == 0.0
+    log = [json.loads(line) for line in (tmp_path / ADMIN_LOG_NAME).read_text().splitlines()]
+    assert log[-1]["action"] == "reset" and log[-1]["reason"] == "test: data re-collected"
+
+
+def test_reset_keeps_the_old_ledger_aside(tmp_path):
+    _open(tmp_path).charge(HISTORY[0], run_id="r", round=1)
+    kept = reset_ledger(tmp_path, reason="new study", who="admin")
+    assert kept is not None and kept.exists()
+    assert PrivacyLedger.load(kept).entries[0]["run_id"] == "r"
+    with pytest.raises(PrivacyError, match="needs a reason"):
+        reset_ledger(tmp_path, reason=" ", who="admin")
+
+
+def test_verify_finds_a_recorded_figure_that_does_not_match(tmp_path):
+    ledger = _open(tmp_path)
+    for i, c in enumerate(HISTORY):
+        ledger.charge(c, run_id="r", round=i + 1)
+    assert ledger.verify() == []
+    ledger._body["entries"][1]["epsilon_after"] += 0.5  # a forged record, checksum redone
+    ledger._save()
+    problems = PrivacyLedger.load(tmp_path / LEDGER_NAME).verify()
+    assert len(problems) == 1 and "entry 1" in problems[0]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from privacy.ledger import Charge, PrivacyLedger
+ledger = PrivacyLedger.open(Path(sys.argv[1]), dataset="c" * 64, budget_epsilon=1e9, delta=1e-5)
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    ledger.charge(Charge(1.0, 0.01, 10), run_id="w", round=i)
+"""
+
+
+def test_ledger_survives_a_writer_killed_mid_write(tmp_path):
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(folder)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3 + 0.1 * attempt)  # it is writing all the time, at some byte
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ledger = PrivacyLedger.load(folder / LEDGER_NAME)  # a whole file: old or new
+        assert ledger.entries, "the writer got no round written"
+        assert [e["round"] for e in ledger.entries] == list(range(1, len(ledger.entries) + 1))
+        assert ledger.verify() == []
+
+
+def test_planned_sigma_spends_the_budget_over_the_planned_rounds():
+    shape = RoundShape.of(num_rows=6000, batch_size=64, epochs=1)
+    sigma = plan_noise_multiplier((), 3.0, 1e-5, shape, 10)
+    total = epsilon_of([shape.charge(sigma)] * 10, 1e-5)
+    assert 2.9 < total <= 3.0
+    # With an earlier run's spend, the same budget buys more noise.
+    earlier = (shape.charge(sigma),) * 5
+    assert plan_noise_multiplier(earlier, 3.0, 1e-5, shape, 10) > sigma
+    with pytest.raises(BudgetExhausted):
+        plan_noise_multiplier((shape.charge(sigma),) * 11, 3.0, 1e-5, shape, 10)
+
+
+def test_round_shape_matches_opacus_poisson_loader():
+    shape = RoundShape.of(num_rows=1000, batch_size=64, epochs=2)
+    assert shape.sample_rate == pytest.approx(1 / 16) and shape.steps == 32
+
+
+@pytest.mark.parametrize("delta", [0.0, 1e-3, 0.5])
+def test_delta_must_be_below_one_over_n(delta):
+    with pytest.raises(PrivacyError, match="below 1/n"):
+        check_delta(delta, num_rows=1000)
+    check_delta(1e-5, num_rows=1000)
