@@ -37,7 +37,9 @@ warnings.filterwarnings("ignore", message="Secure RNG turned off")
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 # Planning stops when σ is this close to the smallest σ that fits the budget.
 PLAN_TOLERANCE = 1e-3
-MAX_NOISE_MULTIPLIER = 1e4
+# Any leftover budget "fits" if σ may grow without bound, but updates drowned in that
+# much noise are useless: past this σ the node declines as out of budget instead.
+MAX_NOISE_MULTIPLIER = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,14 @@ def plan_noise_multiplier(
     spent = epsilon_of(list(history), delta, accountant)
     if spent >= budget:
         raise BudgetExhausted(f"privacy budget exhausted: eps {spent:.2f} of {budget:.2f} spent")
+    if eps(MAX_NOISE_MULTIPLIER) > budget:
+        raise BudgetExhausted(
+            f"privacy budget exhausted: eps {spent:.2f} of {budget:.2f} spent, too little left "
+            f"for {rounds} more round(s) even at noise multiplier {MAX_NOISE_MULTIPLIER:g}"
+        )
     low, high = 0.1, 1.0
     while eps(high) > budget:
-        low, high = high, high * 2
-        if high > MAX_NOISE_MULTIPLIER:
-            raise BudgetExhausted(
-                f"privacy budget exhausted: eps {spent:.2f} of {budget:.2f} spent, too little "
-                f"left for {rounds} more round(s) at any noise level"
-            )
+        low, high = high, min(high * 2, MAX_NOISE_MULTIPLIER)
     if eps(low) <= budget:
         return low
     while high - low > PLAN_TOLERANCE * high:

@@ -158,7 +158,11 @@ def test_planned_sigma_spends_the_budget_over_the_planned_rounds():
     # With an earlier run's spend, the same budget buys more noise.
     earlier = (shape.charge(sigma),) * 5
     assert plan_noise_multiplier(earlier, 3.0, 1e-5, shape, 10) > sigma
-    with pytest.raises(BudgetExhausted):
+    spent = (shape.charge(sigma),) * 10
+    nearly_all = epsilon_of(list(spent), 1e-5) + 1e-3
+    with pytest.raises(BudgetExhausted, match="too little left"):  # only useless noise fits
+        plan_noise_multiplier(spent, nearly_all, 1e-5, shape, 10)
+    with pytest.raises(BudgetExhausted, match=r"eps 3\.\d\d of 3\.00 spent$"):
         plan_noise_multiplier((shape.charge(sigma),) * 11, 3.0, 1e-5, shape, 10)
 
 

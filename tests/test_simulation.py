@@ -20,7 +20,7 @@ SUMMARY_KEYS = {
 def _simulate(out, *extra):
     cmd = [
         sys.executable, "-m", "aidmp.cli", "simulate", "--task", "breast-cancer",
-        "--institutions", "3", "--partition", "iid", "--seed", "1", "--lr", "0.1",
+        "--institutions", "3", "--partition", "iid", "--seed", "1", "--lr", "0.1", "--no-dp",
         "--out", str(out), *extra,
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

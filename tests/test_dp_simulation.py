@@ -1,0 +1,100 @@
+"""DP-SGD in a real Flower simulation: ledgers per institution, declines, carry-over."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from client.data import dataset_id, simulated_institution
+from privacy.ledger import LEDGER_NAME, Charge, PrivacyLedger
+
+pytestmark = pytest.mark.slow
+
+TASK, PARTITION, SEED, N = "breast-cancer", "iid", 2, 3
+
+
+def _simulate(out, *extra, check=True):
+    cmd = [
+        sys.executable, "-m", "aidmp.cli", "simulate", "--task", TASK, "--institutions", str(N),
+        "--partition", PARTITION, "--seed", str(SEED), "--rounds", "2", "--lr", "0.1",
+        "--dp-epsilon", "3", "--out", str(out), *extra,
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result, json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run_with_one_spent_institution(tmp_path_factory):
+    """Institution 0 spent its whole budget in an earlier study; the others are fresh."""
+    out = tmp_path_factory.mktemp("dp")
+    data = simulated_institution(TASK, PARTITION, SEED, N, 0)
+    ledger = PrivacyLedger.open(
+        out / "institutions" / "institution-0",
+        dataset=dataset_id(TASK, data),
+        budget_epsilon=3.0,
+        delta=1e-5,
+    )
+    ledger.charge(Charge(0.7, 0.05, 2000), run_id="earlier-study", round=1)
+    result, summary = _simulate(out)
+    return out, result, summary
+
+
+def test_the_spent_institution_declines_and_the_run_goes_on(run_with_one_spent_institution):
+    _, result, summary = run_with_one_spent_institution
+    declined = summary["privacy"]["declined"]
+    assert [(d["round"], d["institution"], d["code"]) for d in declined] == [
+        (1, "institution-0", 102),
+        (2, "institution-0", 102),
+    ]
+    assert declined[0]["reason"].startswith("privacy budget exhausted: eps")
+    for rec in summary["per_round"]:
+        assert rec["aggregated"] and rec["train_replies"] == 2
+    assert "declined: institution-0: privacy budget exhausted" in result.stdout
+
+
+def test_each_institution_reports_its_spend(run_with_one_spent_institution):
+    out, result, summary = run_with_one_spent_institution
+    privacy = summary["privacy"]
+    assert privacy["dp"] and privacy["delta"] == 1e-5
+    spent = privacy["epsilon_by_institution"]
+    assert set(spent) == {"institution-1", "institution-2"}
+    assert all(2.9 < e <= 3.0 for e in spent.values())  # σ planned to use the budget
+    for name in spent:
+        ledger = PrivacyLedger.load(out / "institutions" / name / LEDGER_NAME)
+        assert [e["round"] for e in ledger.entries] == [1, 2]
+        assert ledger.spent() == pytest.approx(spent[name])
+    assert "eps spent: institution-1" in result.stdout
+
+
+def test_ledger_cli_shows_and_verifies(run_with_one_spent_institution):
+    out, _, _ = run_with_one_spent_institution
+    folder = out / "institutions" / "institution-1"
+    aidmp = [sys.executable, "-m", "aidmp.cli", "ledger"]
+    show = subprocess.run([*aidmp, "show", str(folder)], capture_output=True, text=True)
+    assert show.returncode == 0 and "spent eps" in show.stdout
+    verify = subprocess.run(
+        [*aidmp, "verify", str(folder / LEDGER_NAME)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and verify.stdout.startswith("ok: 2 entries")
+
+
+def test_a_second_federation_starts_from_what_the_first_spent(run_with_one_spent_institution):
+    out, _, _ = run_with_one_spent_institution
+    result, summary = _simulate(out)  # same data, same ledgers: every budget is spent
+    assert {d["institution"] for d in summary["privacy"]["declined"]} == {
+        f"institution-{i}" for i in range(N)
+    }
+    assert not any(rec["aggregated"] for rec in summary["per_round"])
+    assert "skipped: no usable replies" in result.stdout
+
+
+def test_damaged_ledger_stops_that_institution_only(tmp_path):
+    out = tmp_path / "run"
+    _simulate(out, "--rounds", "1")
+    (out / "institutions" / "institution-2" / LEDGER_NAME).write_text("{broken")
+    _, summary = _simulate(out, "--dp-epsilon", "3")
+    bad = [d for d in summary["privacy"]["declined"] if d["institution"] == "institution-2"]
+    assert bad and bad[0]["code"] == 103 and "unverifiable budget" in bad[0]["reason"]
