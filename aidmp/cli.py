@@ -177,6 +177,37 @@ def _run_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "audit-privacy",
+        help="researcher: membership-inference attack on a finished simulation's model",
+    )
+    p.add_argument("--run", required=True, help="the --out folder of `aidmp simulate`")
+    p.add_argument("--seed", type=int, default=0, help="seed for the member/non-member samples")
+    p.set_defaults(handler=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simulations.membership import AUDIT_NAME, audit_run
+
+    report = audit_run(Path(args.run), seed=args.seed)
+    eps = report["claimed_epsilon_by_institution"]
+    claim = f"eps <= {max(eps.values()):.2f}" if eps else "no DP claimed"
+    print(f"membership inference on {args.run} ({claim}, delta {report['delta']})")
+    print(f"  {'':16}{'attack':>11}{'AUC':>7}{'TPR@1%FPR':>11}{'members':>9}")
+    rows = [("all", report["overall"]), *report["by_institution"].items()]
+    for name, by_attack in rows:
+        for attack, m in by_attack.items():
+            print(
+                f"  {name:16}{attack:>11}{m['auc']:7.3f}{m['tpr_at_1pct_fpr']:11.3f}"
+                f"{m['members']:9d}"
+            )
+    print(f"wrote {Path(args.run) / AUDIT_NAME}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aidmp", description="Federated learning and analytics for institutions."
@@ -184,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _simulate_parser(sub)
     _ledger_parser(sub)
+    _audit_parser(sub)
     return parser
 
 
