@@ -98,3 +98,24 @@ def test_damaged_ledger_stops_that_institution_only(tmp_path):
     _, summary = _simulate(out, "--dp-epsilon", "3")
     bad = [d for d in summary["privacy"]["declined"] if d["institution"] == "institution-2"]
     assert bad and bad[0]["code"] == 103 and "unverifiable budget" in bad[0]["reason"]
+
+
+def test_audit_privacy_attacks_the_final_model(run_with_one_spent_institution):
+    out, _, summary = run_with_one_spent_institution
+    cmd = [sys.executable, "-m", "aidmp.cli", "audit-privacy", "--run", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "privacy_audit.json").read_text())
+    assert report["attacks"] == ["loss", "calibrated"]
+    assert report["claimed_epsilon_by_institution"] == summary["privacy"]["epsilon_by_institution"]
+    for attack in ("loss", "calibrated"):
+        m = report["overall"][attack]
+        assert 0 <= m["auc"] <= 1 and 0 <= m["tpr_at_1pct_fpr"] <= 1 and m["members"] > 0
+    assert set(report["by_institution"]) == {f"institution-{i}" for i in range(N)}
+    assert "calibrated" in result.stdout
+
+
+def test_audit_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
+    cmd = [sys.executable, "-m", "aidmp.cli", "audit-privacy", "--run", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "holds no summary.json" in result.stderr
