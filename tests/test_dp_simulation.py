@@ -101,7 +101,8 @@ def test_damaged_ledger_stops_that_institution_only(tmp_path):
 
 
 def test_audit_privacy_attacks_the_final_model(run_with_one_spent_institution):
-    out, _, summary = run_with_one_spent_institution
+    out, _, _ = run_with_one_spent_institution
+    summary = json.loads((out / "summary.json").read_text())  # the latest run in `out`
     cmd = [sys.executable, "-m", "aidmp.cli", "audit-privacy", "--run", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
