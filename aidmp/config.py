@@ -54,6 +54,11 @@ class RunConfig(BaseModel):
         0.0, alias="dp-noise-multiplier", ge=0, description="0: plan it from dp-epsilon"
     )
     dp_accountant: Literal["rdp", "prv"] = Field("rdp", alias="dp-accountant")
+    # --- client-level DP (plaintext runs): nodes clip their update, the coordinator adds
+    # noise to the mean (Flower's DifferentialPrivacyClientSideFixedClipping).
+    client_dp: bool = Field(False, alias="client-dp")
+    client_dp_noise_multiplier: float = Field(1.0, alias="client-dp-noise-multiplier", gt=0)
+    client_dp_clipping_norm: float = Field(1.0, alias="client-dp-clipping-norm", gt=0)
     state_root: str = Field(
         "",
         alias="state-root",

@@ -17,12 +17,14 @@ from torch import nn
 
 from aidmp.errors import AidmpError, DeclineCode
 from client.data import dataset_id, institution_name, local_data
+from client.mods import client_dp_clipping_mod
 from privacy.node_round import train_private_round
 from privacy.policy import resolve_dp_policy
+from strategies.client_dp import CLIENT_WEIGHT_KEY
 from tasks import Task, get_task
 from tasks.base import LocalData
 
-app = ClientApp()
+app = ClientApp(mods=[client_dp_clipping_mod])
 
 
 def _decline_on_error(handler: Callable[[Message, Context], Message]):
@@ -95,7 +97,9 @@ def train(msg: Message, context: Context) -> Message:
     reply = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"num-examples": len(data.y_train), "train-loss": loss}),
+            "metrics": MetricRecord(
+                {"num-examples": len(data.y_train), "train-loss": loss, CLIENT_WEIGHT_KEY: 1}
+            ),
             "node": ConfigRecord(node),
         }
     )
@@ -108,6 +112,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, task, data, model = _setup(msg, context)
     loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
     metrics = MetricRecord(
-        {"num-examples": len(data.y_val), "eval-loss": loss, "eval-accuracy": accuracy}
+        {
+            "num-examples": len(data.y_val),
+            "eval-loss": loss,
+            "eval-accuracy": accuracy,
+            CLIENT_WEIGHT_KEY: 1,
+        }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

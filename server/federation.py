@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
@@ -27,6 +28,7 @@ from server.checkpoint import (
 )
 from server.rounds import CentralEval, RoundRecord, run_rounds
 from strategies import build_strategy, restore_strategy_state, strategy_state
+from strategies.client_dp import ClientLevelDP
 from tasks import get_task, load_dataset
 
 log = getLogger("aidmp.server")
@@ -156,6 +158,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         )
 
     report = build_report(cfg, history, resumed_from=first_round - 1 if cfg.resume else None)
+    report["privacy"]["client_level"] = _client_level_spend(cfg, strategy)
     atomic_write_json(out_dir / REPORT_NAME, report)
     return report
 
@@ -178,6 +181,20 @@ def build_report(
             "loss": last.get("loss"),
             "source": "central" if last.get("central_accuracy") is not None else "federated",
         },
+    }
+
+
+def _client_level_spend(cfg: RunConfig, strategy: Strategy) -> dict[str, Any] | None:
+    """The coordinator-side accountant's ε for client-level DP, if the run used it."""
+    if not isinstance(strategy, ClientLevelDP) or strategy.accountant is None:
+        return None
+    spent = strategy.accountant.get_privacy_spent()
+    return {
+        "epsilon": spent.epsilon,
+        "delta": spent.delta,
+        "releases": spent.num_releases,
+        "noise_multiplier": cfg.client_dp_noise_multiplier,
+        "clipping_norm": cfg.client_dp_clipping_norm,
     }
 
 

@@ -10,15 +10,54 @@ from __future__ import annotations
 
 from typing import get_args
 
-from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg
+from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
+from flwr.serverapp.strategy import (
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Strategy,
+)
 
 from aidmp.config import RunConfig, StrategyName
+from aidmp.errors import AidmpError
+from strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
 
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 
 
-def build_strategy(cfg: RunConfig) -> FedAvg:
-    """The strategy named by `cfg.strategy`, with the sampling minimums set."""
+def build_strategy(cfg: RunConfig) -> Strategy:
+    """The strategy named by `cfg.strategy`, with the sampling minimums set, wrapped for
+    client-level DP when `cfg.client_dp`."""
+    base = _base_strategy(cfg)
+    if not cfg.client_dp:
+        return base
+    if cfg.strategy not in ("fedavg", "fedprox"):
+        raise AidmpError(
+            f"client-level DP needs strategy fedavg or fedprox (Flower accounts only for "
+            f"FedAvg's aggregation), not {cfg.strategy}; change --strategy or drop client DP"
+        )
+    floor = min(cfg.min_nodes, cfg.min_available_nodes)
+    sampled = max(int(cfg.min_available_nodes * cfg.fraction_train), floor)
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=cfg.dp_delta,
+            population_size=cfg.min_available_nodes,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
+    return ClientLevelDP(
+        base,
+        noise_multiplier=cfg.client_dp_noise_multiplier,
+        clipping_norm=cfg.client_dp_clipping_norm,
+        num_sampled_clients=sampled,
+        accountant=accountant,
+    )
+
+
+def _base_strategy(cfg: RunConfig) -> FedAvg:
     floor = min(cfg.min_nodes, cfg.min_available_nodes)
     common = dict(
         fraction_train=cfg.fraction_train,
@@ -26,6 +65,7 @@ def build_strategy(cfg: RunConfig) -> FedAvg:
         min_train_nodes=floor,
         min_evaluate_nodes=floor,
         min_available_nodes=cfg.min_available_nodes,
+        weighted_by_key=CLIENT_WEIGHT_KEY if cfg.client_dp else "num-examples",
     )
     if cfg.strategy == "fedavg":
         return FedAvg(**common)

@@ -120,3 +120,22 @@ def test_audit_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     cmd = [sys.executable, "-m", "aidmp.cli", "audit-privacy", "--run", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "holds no summary.json" in result.stderr
+
+
+def test_client_level_dp_goes_on_when_a_node_declines(tmp_path):
+    """Flower's wrapper alone would skip every round in which institution-0 declines."""
+    out = tmp_path / "cdp"
+    data = simulated_institution(TASK, PARTITION, SEED, N, 0)
+    folder = out / "institutions" / "institution-0"
+    ledger = PrivacyLedger.open(
+        folder, dataset=dataset_id(TASK, data), budget_epsilon=3.0, delta=1e-5
+    )
+    ledger.charge(Charge(0.7, 0.05, 2000), run_id="earlier-study", round=1)
+    result, summary = _simulate(out, "--client-dp", "--client-dp-noise-multiplier", "0.8")
+    for rec in summary["per_round"]:
+        assert rec["aggregated"] and rec["train_replies"] == 2
+        assert [f["institution"] for f in rec["train_failures"]] == ["institution-0"]
+    client_level = summary["privacy"]["client_level"]
+    assert client_level["releases"] == 2 and client_level["epsilon"] > 0
+    assert client_level["noise_multiplier"] == 0.8
+    assert "client-level DP: eps" in result.stdout

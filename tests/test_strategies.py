@@ -131,3 +131,29 @@ def test_error_replies_are_skipped_not_fatal():
     np.testing.assert_allclose(
         _as_dict(arrays)["b"], np.average(np.stack([u["b"] for u in ups]), axis=0, weights=[1, 3])
     )
+
+
+def test_client_level_dp_wraps_fedavg_with_equal_weights_and_refuses_the_rest():
+    from aidmp.errors import AidmpError
+    from strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
+
+    cfg = RunConfig(client_dp=True, min_available_nodes=5, fraction_train=0.6, min_nodes=2)
+    strategy = build_strategy(cfg)
+    assert isinstance(strategy, ClientLevelDP)
+    assert strategy.num_sampled_clients == 3 and strategy.accountant is not None
+    assert strategy.strategy.weighted_by_key == CLIENT_WEIGHT_KEY
+    with pytest.raises(AidmpError, match="client-level DP needs strategy fedavg or fedprox"):
+        build_strategy(RunConfig(client_dp=True, strategy="median"))
+
+
+def test_client_level_dp_accountant_survives_a_checkpoint():
+    from flwr.serverapp import GaussianPrivacyEvent
+
+    cfg = RunConfig(client_dp=True, min_available_nodes=4)
+    first = build_strategy(cfg)
+    event = GaussianPrivacyEvent(noise_multiplier=1.0, sample_size=4, population_size=4)
+    first.accountant.compose(event, count=3)
+    resumed = build_strategy(cfg)
+    restore_strategy_state(resumed, strategy_state(first))
+    assert resumed.accountant.num_releases == 3
+    assert resumed.accountant.get_epsilon(1e-5) == pytest.approx(first.accountant.get_epsilon(1e-5))

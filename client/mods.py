@@ -1,0 +1,20 @@
+"""ClientApp mods: Flower's update clipping for client-level DP, only when asked for.
+
+`fixedclipping_mod` refuses any train message without a clipping norm in its
+config, so installed as it is it would break every run without client-level DP.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+
+def client_dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Clip this node's update to the coordinator's norm if the round uses client-level DP."""
+    config = msg.content.config_records.get("config")
+    if config is not None and KEY_CLIPPING_NORM in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
