@@ -24,14 +24,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from aidmp.errors import PrivacyError
+from privacy import fast_dp
 from privacy.ledger import Accountant, BudgetExhausted, Charge, epsilon_of
 
-# Opacus's "ew" mode fails on the empty batches that Poisson sampling draws
-# ("Batch size must be positive"), and such a step must still add noise and be
-# counted, so it is not offered. "ghost" clipping needs another training loop.
-# benchmarks/dp_overhead.py measures the two that remain; "hooks" is the faster.
-GRAD_SAMPLE_MODES = ("hooks", "functorch")
-DEFAULT_GRAD_SAMPLE_MODE = "hooks"
+# "linear" is our own clipping for Linear/ReLU stacks (privacy/fast_dp.py); "hooks"
+# and "functorch" are Opacus's. "auto" takes "linear" where the model allows it,
+# else "hooks", the faster of Opacus's two (benchmarks/dp_overhead.py). Opacus's
+# "ew" mode fails on the empty batches that Poisson sampling draws, and such a step
+# must still add noise and be counted, so it is not offered.
+GRAD_SAMPLE_MODES = ("auto", "linear", "hooks", "functorch")
+DEFAULT_GRAD_SAMPLE_MODE = "auto"
 
 # Opacus's secure-RNG notice (secure_mode is a deployment choice), and torch's note
 # on full backward hooks that Opacus's hooks mode triggers, would print every round.
@@ -126,7 +128,22 @@ def train_dp(
     accountant: Accountant = "rdp",
 ) -> tuple[float, Charge]:
     """One round of DP-SGD on (x, y). Returns the last epoch's mean loss and the charge
-    that Opacus's accountant recorded, which the caller writes to the ledger."""
+    that the accountant recorded, which the caller writes to the ledger."""
+    if grad_sample_mode == "auto":
+        grad_sample_mode = "linear" if fast_dp.supports(model) else "hooks"
+    if grad_sample_mode == "linear":
+        return fast_dp.train_dp_linear(
+            model,  # type: ignore[arg-type]
+            x,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            proximal_mu=proximal_mu,
+        )
     generator = torch.Generator().manual_seed(seed)
     data = TensorDataset(
         torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
