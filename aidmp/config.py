@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aidmp.errors import AidmpError
+from aidmp.errors import AidmpError, describe_validation_error
 
 StrategyName = Literal["fedavg", "fedprox", "fedavgm", "trimmed-mean", "median"]
 
@@ -78,11 +78,7 @@ class RunConfig(BaseModel):
         try:
             return cls.model_validate(dict(run_config))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise AidmpError(
-                f"run-config '{where}': {first['msg']} (got {first.get('input')!r})"
-            ) from None
+            raise AidmpError(describe_validation_error("run-config", exc)) from None
 
     def to_flower(self) -> dict[str, Any]:
         """The hyphenated dict that Flower's run config and our ConfigRecords carry."""

@@ -1,5 +1,7 @@
 """Errors that reach a user as one clear line: what is wrong and what to do."""
 
+from pydantic import ValidationError
+
 
 class DeclineCode:
     """Flower error codes with which a node declines a round (0 to 8 are Flower's)."""
@@ -21,3 +23,10 @@ class PrivacyError(AidmpError):
     """The node's DP policy or ledger forbids training: invalid, unreadable or foreign."""
 
     decline_code = DeclineCode.PRIVACY_POLICY
+
+
+def describe_validation_error(what: str, exc: ValidationError) -> str:
+    """pydantic's first complaint as one line: which key, what is wrong, what was given."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{what} '{where}': {first['msg']} (got {first.get('input')!r})"

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aidmp.errors import PrivacyError
+from aidmp.errors import PrivacyError, describe_validation_error
 from privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
 
 POLICY_KEYS = (
@@ -58,8 +58,4 @@ def resolve_dp_policy(
     try:
         return DPPolicy.model_validate({**merged, "state_dir": state_dir})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PrivacyError(
-            f"dp policy '{where}': {first['msg']} (got {first.get('input')!r})"
-        ) from None
+        raise PrivacyError(describe_validation_error("dp policy", exc)) from None
