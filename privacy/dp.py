@@ -4,10 +4,7 @@ Sample-level (ε, δ)-DP: Poisson sampling, per-sample clipping to `max_grad_nor
 Gaussian noise of `noise_multiplier * max_grad_norm`. The node plans σ itself,
 from its own budget and its own ledger, so it never depends on the coordinator.
 
-FedProx under DP: Opacus privatises only per-sample gradients, so a proximal term
-added to the loss would be silently dropped. We apply it instead as a pull towards
-the global model after each step, w -= lr * mu * (w - w_global): it touches no
-data, so it is post-processing and costs no privacy.
+FedProx under DP is a post-step pull towards the global model (privacy/proximal.py).
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from aidmp.errors import PrivacyError
 from privacy import fast_dp
 from privacy.ledger import Accountant, BudgetExhausted, Charge, epsilon_of
+from privacy.proximal import ProximalPull
 
 # "linear" is our own clipping for Linear/ReLU stacks (privacy/fast_dp.py); "hooks"
 # and "functorch" are Opacus's. "auto" takes "linear" where the model allows it,
@@ -149,7 +147,7 @@ def train_dp(
         torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
     )
     loader = DataLoader(data, batch_size=batch_size, generator=generator)
-    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    proximal = ProximalPull(model, learning_rate, proximal_mu)
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9)
     engine = PrivacyEngine(accountant=accountant)
     private_model, private_opt, private_loader = engine.make_private(
@@ -173,10 +171,7 @@ def train_dp(
             loss = criterion(private_model(xb), yb)
             loss.backward()
             private_opt.step()
-            if global_params:
-                with torch.no_grad():
-                    for p, g in zip(model.parameters(), global_params, strict=True):
-                        p.sub_(learning_rate * proximal_mu * (p - g))
+            proximal.apply()
             if len(yb):  # an empty batch's loss is nan
                 total += float(loss.detach()) * len(yb)
                 seen += len(yb)

@@ -22,6 +22,7 @@ from torch import nn
 
 from aidmp.errors import PrivacyError
 from privacy.ledger import Charge
+from privacy.proximal import ProximalPull
 
 
 def supports(model: nn.Module) -> bool:
@@ -86,7 +87,7 @@ def train_dp_linear(
     expected_batch = max(1, int(n * sample_rate))  # as Opacus's "mean" loss reduction
     generator = torch.Generator().manual_seed(seed)
     params = list(model.parameters())
-    global_params = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    proximal = ProximalPull(model, learning_rate, proximal_mu)
     optimizer = torch.optim.SGD(params, lr=learning_rate, momentum=0.9)
     model.train()
     last_epoch_loss = float("nan")
@@ -106,9 +107,6 @@ def train_dp_linear(
                 )
                 p.grad = (s + noise) / expected_batch
             optimizer.step()
-            if global_params:  # FedProx as post-processing, as in privacy.dp
-                with torch.no_grad():
-                    for p, g in zip(params, global_params, strict=True):
-                        p.sub_(learning_rate * proximal_mu * (p - g))
+            proximal.apply()  # FedProx as post-processing
         last_epoch_loss = total / max(seen, 1)
     return last_epoch_loss, Charge(noise_multiplier, sample_rate, epochs * batches)

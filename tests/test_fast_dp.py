@@ -70,3 +70,20 @@ def test_only_linear_relu_stacks_take_the_fast_path():
         train_dp(get_task("mnist").build_model(), x, np.zeros(10, dtype=np.int64), epochs=1,
                  batch_size=5, learning_rate=0.1, seed=0, noise_multiplier=1.0,
                  max_grad_norm=1.0, grad_sample_mode="linear")  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["linear", "hooks"])
+def test_fedprox_pull_keeps_dp_training_near_the_global_model(mode):
+    x = np.random.default_rng(0).normal(size=(300, 30)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 2, 300)
+
+    def drift(mu):
+        torch.manual_seed(0)
+        model = get_task("breast-cancer").build_model()
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        train_dp(model, x, y, epochs=5, batch_size=32, learning_rate=0.05, seed=0,
+                 noise_multiplier=0.5, max_grad_norm=1.0, proximal_mu=mu,
+                 grad_sample_mode=mode)  # fmt: skip
+        return sum(float((model.state_dict()[k] - v).pow(2).sum()) for k, v in start.items())
+
+    assert drift(5.0) < 0.1 * drift(0.0)
