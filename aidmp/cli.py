@@ -242,7 +242,7 @@ def _keys_parser(sub: argparse._SubParsersAction) -> None:
 def _run_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from privacy.he_keys import (
+    from privacy.he.keys import (
         COORDINATOR_FILE,
         INSTITUTION_FILE,
         inspect_key_file,

@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aidmp.errors import AidmpError, describe_validation_error
 
 StrategyName = Literal["fedavg", "fedprox", "fedavgm", "trimmed-mean", "median"]
+# Strategies whose server step is linear in the updates, so it can run on ciphertexts
+# (FedProx differs from FedAvg only at the nodes). FedAdam/FedYogi, which need the
+# coordinator to divide by a function of the update, are not offered at all.
+HE_STRATEGIES = ("fedavg", "fedprox", "fedavgm")
 
 
 class RunConfig(BaseModel):
@@ -59,6 +63,14 @@ class RunConfig(BaseModel):
     client_dp: bool = Field(False, alias="client-dp")
     client_dp_noise_multiplier: float = Field(1.0, alias="client-dp-noise-multiplier", gt=0)
     client_dp_clipping_norm: float = Field(1.0, alias="client-dp-clipping-norm", gt=0)
+    # --- homomorphic encryption (privacy/he): nodes send CKKS ciphertexts, the
+    # coordinator sums them with the public key only and keeps the model encrypted.
+    he: bool = False
+    he_keys: str = Field(
+        "",
+        alias="he-keys",
+        description="coordinator.ckks, or the key ceremony's folder (simulation: both sides)",
+    )
     state_root: str = Field(
         "",
         alias="state-root",
@@ -76,9 +88,35 @@ class RunConfig(BaseModel):
                 f"valid keys are: {', '.join(sorted(known))}"
             )
         try:
-            return cls.model_validate(dict(run_config))
+            cfg = cls.model_validate(dict(run_config))
         except ValidationError as exc:
             raise AidmpError(describe_validation_error("run-config", exc)) from None
+        cfg.check_combinations()
+        return cfg
+
+    def check_combinations(self) -> None:
+        """Refuse settings that cannot work together, rather than quietly drop one."""
+        if not self.he:
+            return
+        if self.strategy not in HE_STRATEGIES:
+            raise AidmpError(
+                f"he=true works with {', '.join(HE_STRATEGIES)} only: {self.strategy} must "
+                "compare or sort individual updates, which ciphertexts do not allow"
+            )
+        if self.central_eval:
+            raise AidmpError(
+                "he=true needs central-eval=false: under HE the coordinator cannot read the "
+                "global model, so evaluation happens at the institutions (federated)"
+            )
+        if self.client_dp:
+            raise AidmpError(
+                "he=true cannot be combined with client-dp=true: client-level DP adds noise "
+                "to the plaintext mean at the coordinator. Use the nodes' DP-SGD (dp=true)"
+            )
+        if not self.he_keys:
+            raise AidmpError(
+                "he=true needs he-keys: the path of coordinator.ckks from `aidmp keys init`"
+            )
 
     def to_flower(self) -> dict[str, Any]:
         """The hyphenated dict that Flower's run config and our ConfigRecords carry."""

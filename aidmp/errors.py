@@ -10,6 +10,7 @@ class DeclineCode:
     BAD_CONFIG = 101  # the round's config is missing a key or has a wrong value
     BUDGET_EXHAUSTED = 102  # this round would take the node past its privacy budget
     PRIVACY_POLICY = 103  # the node's DP policy or ledger is invalid or unverifiable
+    HE_KEYS = 104  # CKKS keys missing, of the wrong kind, or not the run's; bad ciphertext
 
 
 class AidmpError(Exception):
@@ -23,6 +24,12 @@ class PrivacyError(AidmpError):
     """The node's DP policy or ledger forbids training: invalid, unreadable or foreign."""
 
     decline_code = DeclineCode.PRIVACY_POLICY
+
+
+class HeError(AidmpError):
+    """A CKKS key or ciphertext problem: wrong key, other keys, damaged ciphertext."""
+
+    decline_code = DeclineCode.HE_KEYS
 
 
 def describe_validation_error(what: str, exc: ValidationError) -> str:

@@ -2,7 +2,9 @@
 
 Train: load local data (cached per process), take the global model, train
 locally (under DP-SGD, charging the node's own ledger, when its policy says so),
-reply with the new weights, the example count and the privacy spend. Evaluate: score the
+reply with the new weights, the example count and the privacy spend. In an
+encrypted round the global model arrives as CKKS ciphertext, is decrypted here,
+and the update leaves only as ciphertext (privacy/he/node.py). Evaluate: score the
 global model on the node's own validation rows. A node that cannot take part
 declines with a Flower error reply (code >= 100) and a reason, never a crash.
 """
@@ -15,9 +17,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from aidmp.errors import AidmpError, DeclineCode
+from aidmp.errors import AidmpError, DeclineCode, HeError
 from client.data import dataset_id, institution_name, local_data
 from client.mods import client_dp_clipping_mod
+from privacy.he.node import HeRound
+from privacy.he.state import UPDATE_KEY, WIRE_KEY
 from privacy.node_round import train_private_round
 from privacy.policy import resolve_dp_policy
 from strategies.client_dp import CLIENT_WEIGHT_KEY
@@ -55,20 +59,37 @@ def _round_seed(config: ConfigRecord, context: Context) -> int:
     return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + node  # type: ignore[arg-type]
 
 
-def _setup(msg: Message, context: Context) -> tuple[ConfigRecord, Task, LocalData, nn.Module]:
-    """The round's config, its task, this node's data, and the global model as received."""
+def _setup(
+    msg: Message, context: Context
+) -> tuple[ConfigRecord, Task, LocalData, nn.Module, HeRound | None]:
+    """The round's config, its task, this node's data, the global model as received, and,
+    in an encrypted round, its decrypted state."""
     config = msg.content["config"]
     task = get_task(str(config["task"]))
     data = local_data(context.node_config, config)
     model = task.build_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return config, task, data, model
+    he = None
+    if WIRE_KEY in msg.content.config_records:
+        he = HeRound.open(msg.content.config_records[WIRE_KEY], context.node_config, config)
+        he.load_into(model)
+    elif _truthy(context.node_config.get("he-required", False)):
+        raise HeError(
+            "this node requires encrypted rounds (node config he-required=true) and the "
+            "coordinator sent the model in plaintext; run with he=true"
+        )
+    else:
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return config, task, data, model, he
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 @app.train()
 @_decline_on_error
 def train(msg: Message, context: Context) -> Message:
-    config, task, data, model = _setup(msg, context)
+    config, task, data, model, he = _setup(msg, context)
     name = institution_name(context.node_config, context.node_id)
     hyper = {
         "epochs": int(config["local-epochs"]),  # type: ignore[arg-type]
@@ -96,20 +117,28 @@ def train(msg: Message, context: Context) -> Message:
         node |= spend.as_record()
     reply = RecordDict(
         {
-            "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord(
                 {"num-examples": len(data.y_train), "train-loss": loss, CLIENT_WEIGHT_KEY: 1}
             ),
             "node": ConfigRecord(node),
         }
     )
+    if he is None:
+        reply["arrays"] = ArrayRecord(model.state_dict())
+    else:  # the update leaves the node only as ciphertext (noise already in it under DP)
+        reply[UPDATE_KEY] = he.encrypt_reply(
+            model,
+            weight=len(data.y_train),
+            momentum=float(config.get("he-momentum", 0.0)),  # type: ignore[arg-type]
+            server_lr=float(config.get("he-server-lr", 1.0)),  # type: ignore[arg-type]
+        )
     return Message(reply, reply_to=msg)
 
 
 @app.evaluate()
 @_decline_on_error
 def evaluate(msg: Message, context: Context) -> Message:
-    _, task, data, model = _setup(msg, context)
+    _, task, data, model, _ = _setup(msg, context)
     loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
     metrics = MetricRecord(
         {

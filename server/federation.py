@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
+from privacy.he.keys import inspect_context
 from server.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -29,6 +30,7 @@ from server.checkpoint import (
 from server.rounds import CentralEval, RoundRecord, run_rounds
 from strategies import build_strategy, restore_strategy_state, strategy_state
 from strategies.client_dp import ClientLevelDP
+from strategies.encrypted import EncryptedFedAvg
 from tasks import get_task, load_dataset
 
 log = getLogger("aidmp.server")
@@ -96,6 +98,9 @@ def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
             "dp-noise-multiplier": cfg.dp_noise_multiplier,
             "dp-accountant": cfg.dp_accountant,
             "state-root": state_root,
+            # Simulation only: the key ceremony's folder, so virtual nodes find their
+            # secret context in it. A deployed node's own he-keys node config wins.
+            "he-keys": str(Path(cfg.he_keys).resolve()) if cfg.he and cfg.he_keys else "",
         }
     )
 
@@ -112,8 +117,9 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path)
         check_resumable(ckpt, ckpt_path, cfg.to_flower())
-        model = task.build_model()
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in ckpt.model.items()})
+        arrays = ArrayRecord({k: Array(v) for k, v in ckpt.model.items()})
+        if isinstance(strategy, EncryptedFedAvg):
+            strategy.open_state(arrays)  # refuses a checkpoint under other keys
         restore_strategy_state(strategy, ckpt.strategy_state)
         history = list(ckpt.meta.get("per_round", []))
         first_round = ckpt.round + 1
@@ -123,7 +129,14 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             log.warning("starting a new run: %s will be overwritten", ckpt_path)
         model = task.build_model()
         first_round = 1
-    arrays = ArrayRecord(model.state_dict())
+        if isinstance(strategy, EncryptedFedAvg):
+            # The coordinator holds G_0 only as ciphertext, like every later global.
+            arrays = strategy.initial_state(model.state_dict())
+            log.info(
+                "HE on: the global model is encrypted under key %s...", strategy.fingerprint[:16]
+            )
+        else:
+            arrays = ArrayRecord(model.state_dict())
 
     started = time.monotonic()
     prior_s = sum(float(r.get("elapsed_s", 0.0)) for r in history)
@@ -134,7 +147,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             ckpt_path,
             Checkpoint(
                 round=rec.round,
-                model={k: v.numpy() for k, v in arrays.items()},
+                model={k: v.numpy() for k, v in arrays.items()},  # ciphertexts under HE
                 strategy_state=strategy_state(strategy),
                 meta={"run_config": cfg.to_flower(), "per_round": history},
             ),
@@ -159,6 +172,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
 
     report = build_report(cfg, history, resumed_from=first_round - 1 if cfg.resume else None)
     report["privacy"]["client_level"] = _client_level_spend(cfg, strategy)
+    report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))
     atomic_write_json(out_dir / REPORT_NAME, report)
     return report
 
@@ -181,6 +195,38 @@ def build_report(
             "loss": last.get("loss"),
             "source": "central" if last.get("central_accuracy") is not None else "federated",
         },
+    }
+
+
+def task_size(task_name: str) -> int:
+    """Parameters (and buffers) in the task's model, as the HE packing flattens them."""
+    return sum(t.numel() for t in get_task(task_name).build_model().state_dict().values())
+
+
+def he_report(strategy: Strategy, history: list[dict[str, Any]], model_size: int) -> dict[str, Any]:
+    """summary.json's `he`: parameters, and the ciphertext bytes that crossed the wire."""
+    if not isinstance(strategy, EncryptedFedAvg):
+        return {"enabled": False}
+    received = [r["he_bytes_received"] for r in history if r.get("he_bytes_received")]
+    uploads = [r["he_bytes_received"] / r["train_replies"] for r in history
+               if r.get("he_bytes_received") and r.get("train_replies")]  # fmt: skip
+    broadcast = [r["he_bytes_broadcast"] for r in history if r.get("he_bytes_broadcast")]
+    info = inspect_context(strategy.context)
+    return {
+        "enabled": True,
+        "params": {
+            "poly_modulus_degree": info["poly_modulus_degree"],
+            "coeff_mod_bit_sizes": info["coeff_mod_bit_sizes"],
+            "scale_bits": info["scale_bits"],
+            "security": info["security"],
+        },
+        "fingerprint": strategy.fingerprint,
+        "model_parameters": model_size,
+        # One node's update: bytes of ciphertext per model parameter.
+        "bytes_per_param": (sum(uploads) / len(uploads) / model_size) if uploads else None,
+        # All nodes' updates together, per round (mean over rounds that aggregated).
+        "bytes_sent_per_round": (sum(received) / len(received)) if received else None,
+        "bytes_broadcast_per_round": (sum(broadcast) / len(broadcast)) if broadcast else None,
     }
 
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from logging import getLogger
+from typing import Protocol, runtime_checkable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
+
+from aidmp.errors import DeclineCode
 
 log = getLogger("aidmp.server")
 
@@ -39,6 +42,8 @@ class RoundRecord:
     central_loss: float | None = None
     central_accuracy: float | None = None
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # institution -> spend
+    he_bytes_received: int | None = None  # ciphertext from the nodes (HE runs)
+    he_bytes_broadcast: int | None = None  # ciphertext to the nodes, train and evaluate
     aggregated: bool = False
     elapsed_s: float = 0.0
 
@@ -92,6 +97,69 @@ def _privacy_spend(replies: Iterable[Message]) -> dict[str, dict[str, float]]:
     return spend
 
 
+@runtime_checkable
+class IncrementalStrategy(Protocol):
+    """A strategy that aggregates each reply as it arrives (strategies/encrypted.py)."""
+
+    bytes_received: int
+    bytes_broadcast: int
+
+    def begin_train(self, server_round: int) -> None: ...
+
+    def accumulate_train(self, reply: Message, who: str) -> str | None: ...
+
+    def finish_train(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]: ...
+
+
+def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> Iterator[Message]:
+    """Flower's `send_and_receive`, but yielding each reply as soon as it is pulled, so
+    the caller can fold it in and let it go."""
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    interval = min(float(getattr(grid, "pull_interval", 0.1)), 0.5)
+    while pending and time.monotonic() < deadline:
+        pulled = list(grid.pull_messages(pending))
+        for reply in pulled:
+            pending.discard(reply.metadata.reply_to_message_id)
+            yield reply
+        if pending and not pulled:
+            time.sleep(interval)
+
+
+def _institution(reply: Message) -> str:
+    node = None if reply.has_error() else reply.content.config_records.get("node")
+    if node is not None and "institution" in node:
+        return str(node["institution"])
+    return f"node-{reply.metadata.src_node_id}"
+
+
+def _train_incrementally(
+    grid: Grid,
+    strategy: IncrementalStrategy,
+    messages: Iterable[Message],
+    rnd: int,
+    timeout: float,
+    record: RoundRecord,
+) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    """Fold replies into the strategy one at a time; record declines and rejections."""
+    strategy.begin_train(rnd)
+    for reply in stream_replies(grid, messages, timeout):
+        record.train_failures += _failures([reply])
+        record.privacy |= _privacy_spend([reply])
+        who = _institution(reply)
+        rejected = strategy.accumulate_train(reply, who)
+        if rejected:
+            log.warning("round %d: %s %s", rnd, who, rejected)
+            record.train_failures.append(
+                {"node": reply.metadata.src_node_id, "institution": who,
+                 "code": DeclineCode.HE_KEYS, "reason": f"rejected by the coordinator: {rejected}"}
+            )  # fmt: skip
+        elif not reply.has_error():
+            record.train_replies += 1
+    record.he_bytes_received = strategy.bytes_received
+    return strategy.finish_train(rnd)
+
+
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:
     return float(metrics[key]) if metrics is not None and key in metrics else None
 
@@ -122,19 +190,21 @@ def run_rounds(
         record = RoundRecord(round=rnd)
 
         # --- training at the institutions -----------------------------------
-        replies = list(
-            grid.send_and_receive(
-                strategy.configure_train(rnd, arrays, round_config(rnd), grid), timeout=timeout
+        messages = strategy.configure_train(rnd, arrays, round_config(rnd), grid)
+        if isinstance(strategy, IncrementalStrategy):
+            new_arrays, train_metrics = _train_incrementally(
+                grid, strategy, messages, rnd, timeout, record
             )
-        )
-        record.train_failures = _failures(replies)
-        record.train_replies = len(replies) - len(record.train_failures)
-        record.privacy = _privacy_spend(replies)
-        try:
-            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-        except InconsistentMessageReplies as exc:
-            log.warning("round %d: replies could not be aggregated (%s)", rnd, exc)
-            new_arrays, train_metrics = None, None
+        else:
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            record.train_failures = _failures(replies)
+            record.train_replies = len(replies) - len(record.train_failures)
+            record.privacy = _privacy_spend(replies)
+            try:
+                new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            except InconsistentMessageReplies as exc:
+                log.warning("round %d: replies could not be aggregated (%s)", rnd, exc)
+                new_arrays, train_metrics = None, None
         if new_arrays is None:
             log.warning(
                 "round %d skipped: no usable training replies (%d failed: %s); "
@@ -161,6 +231,9 @@ def run_rounds(
             eval_metrics = None
         record.federated_loss = _metric(eval_metrics, "eval-loss")
         record.federated_accuracy = _metric(eval_metrics, "eval-accuracy")
+
+        if isinstance(strategy, IncrementalStrategy):
+            record.he_bytes_broadcast = strategy.bytes_broadcast
 
         # --- central evaluation on the held-out split (plaintext runs only) ---
         if central_eval is not None:

@@ -8,6 +8,7 @@ federation), then samples int(nodes * fraction), never fewer than `min-nodes`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import get_args
 
 from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
@@ -22,14 +23,18 @@ from flwr.serverapp.strategy import (
 
 from aidmp.config import RunConfig, StrategyName
 from aidmp.errors import AidmpError
+from privacy.he.keys import key_file_for, load_context
 from strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
+from strategies.encrypted import EncryptedFedAvg
 
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 
 
 def build_strategy(cfg: RunConfig) -> Strategy:
-    """The strategy named by `cfg.strategy`, with the sampling minimums set, wrapped for
-    client-level DP when `cfg.client_dp`."""
+    """The strategy named by `cfg.strategy`, with the sampling minimums set; its encrypted
+    form when `cfg.he`, or wrapped for client-level DP when `cfg.client_dp`."""
+    if cfg.he:
+        return _encrypted_strategy(cfg)
     base = _base_strategy(cfg)
     if not cfg.client_dp:
         return base
@@ -57,9 +62,23 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     )
 
 
-def _base_strategy(cfg: RunConfig) -> FedAvg:
+def _encrypted_strategy(cfg: RunConfig) -> EncryptedFedAvg:
+    cfg.check_combinations()  # a config built in code skips from_flower's check
+    # Where the coordinator's key lives: he-keys names coordinator.ckks (or its folder).
+    context = load_context(key_file_for(Path(cfg.he_keys), "coordinator"), "coordinator")
+    momentum = cfg.strategy == "fedavgm"
+    return EncryptedFedAvg(
+        context,
+        server_momentum=cfg.server_momentum if momentum else 0.0,
+        server_learning_rate=cfg.server_learning_rate if momentum else 1.0,
+        proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+        **_sampling(cfg),
+    )
+
+
+def _sampling(cfg: RunConfig) -> dict[str, object]:
     floor = min(cfg.min_nodes, cfg.min_available_nodes)
-    common = dict(
+    return dict(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=floor,
@@ -67,6 +86,10 @@ def _base_strategy(cfg: RunConfig) -> FedAvg:
         min_available_nodes=cfg.min_available_nodes,
         weighted_by_key=CLIENT_WEIGHT_KEY if cfg.client_dp else "num-examples",
     )
+
+
+def _base_strategy(cfg: RunConfig) -> FedAvg:
+    common = _sampling(cfg)
     if cfg.strategy == "fedavg":
         return FedAvg(**common)
     if cfg.strategy == "fedprox":

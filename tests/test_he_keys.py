@@ -6,7 +6,7 @@ import pytest
 import tenseal as ts
 
 from aidmp.errors import AidmpError
-from privacy.he_keys import (
+from privacy.he.keys import (
     COORDINATOR_FILE,
     FINGERPRINT_FILE,
     INSTITUTION_FILE,
@@ -33,7 +33,7 @@ def test_coordinator_file_cannot_decrypt(keys):
     with pytest.raises(ValueError, match="secret_key"):
         vector.decrypt()
     back = ts.ckks_vector_from(institution, vector.serialize()).decrypt()
-    assert back == pytest.approx([0.25, -1.5, 3.0], abs=1e-5)
+    assert back == pytest.approx([0.25, -1.5, 3.0], abs=1e-3)  # CKKS at scale 2^25
 
 
 def test_both_sides_recompute_the_same_fingerprint(keys):
@@ -49,7 +49,7 @@ def test_files_are_owner_only_and_hold_no_galois_keys(keys):
         assert oct((out / name).stat().st_mode & 0o777) == "0o600"
         info = inspect_key_file(out / name)
         assert info["galois_keys"] is False and info["security"] == "128-bit"
-        assert info["poly_modulus_degree"] == 8192 and info["coeff_mod_bit_sizes"] == [60, 40, 40]
+        assert info["poly_modulus_degree"] == 4096 and info["coeff_mod_bit_sizes"] == [56, 53]
     assert inspect_key_file(out / INSTITUTION_FILE)["secret_key"] is True
     assert inspect_key_file(out / COORDINATOR_FILE)["secret_key"] is False
 

@@ -5,15 +5,14 @@ One institution's admin runs `aidmp keys init --out DIR` once. It writes
   coordinator.ckks   the public context (`make_context_public()`), for the coordinator
   fingerprint.txt    SHA-256 of the public context, which both sides can recompute
 No Galois or relinearization keys are made: aggregation only adds ciphertexts and
-multiplies them by plaintext weights, which needs neither (FLOWER_NOTES.md).
+multiplies them by a plaintext scalar, which needs neither.
 
 Each side loads its file through `load_context`, which refuses the wrong kind of
 key (a coordinator with a secret key; a node without one), a file others can read,
 and a file that is not a TenSEAL context.
 
-Status: the ceremony and the checks. Packing, encrypted aggregation and the `--he`
-flag are the rest of the HE issue; the default parameters here are NVIDIA FLARE's
-until that work measures smaller ones.
+The default parameters, and why they are the smallest that work, are explained in
+privacy/he/packing.py, which relies on them.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import tenseal as ts
 import tenseal.sealapi  # noqa: F401  (registers SEAL's types, e.g. Modulus)
 
 from aidmp.atomic import atomic_write_bytes
-from aidmp.errors import AidmpError
+from aidmp.errors import AidmpError, HeError
 
 INSTITUTION_FILE = "institution.ckks"
 COORDINATOR_FILE = "coordinator.ckks"
@@ -44,9 +43,12 @@ MAX_MODULUS_BITS_128 = {4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
 @dataclass(frozen=True)
 class CkksParams:
-    poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40)
-    scale_bits: int = 40
+    """N=4096 with one 56-bit data prime and a 53-bit special prime: 109 bits, the most
+    that N=4096 allows at 128-bit security. Scale 2^25. See privacy/he/packing.py."""
+
+    poly_modulus_degree: int = 4096
+    coeff_mod_bit_sizes: tuple[int, ...] = (56, 53)
+    scale_bits: int = 25
 
     def check(self) -> None:
         limit = MAX_MODULUS_BITS_128.get(self.poly_modulus_degree)
@@ -67,6 +69,9 @@ def public_bytes(context: ts.Context) -> bytes:
     """The public context's canonical bytes (deterministic: fingerprints rely on it)."""
     public = context.copy()
     public.make_context_public()
+    # TenSEAL serializes its auto_* flags too; fix them so that only keys and
+    # parameters decide the fingerprint.
+    public.auto_rescale, public.auto_relin, public.auto_mod_switch = False, True, True
     return public.serialize(save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
 
 
@@ -106,43 +111,48 @@ def key_ceremony(out_dir: Path, params: CkksParams = CkksParams()) -> str:
 def load_context(path: Path, role: Role) -> ts.Context:
     """Load a key file for `role`, refusing the wrong key kind or loose permissions."""
     if not path.is_file():
-        raise AidmpError(f"no key file at {path}; run `aidmp keys init --out DIR` first")
+        raise HeError(f"no key file at {path}; run `aidmp keys init --out DIR` first")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise AidmpError(
+        raise HeError(
             f"key file {path} can be read by others (mode {mode:o}); run: chmod 600 {path}"
         )
     try:
         context = ts.context_from(path.read_bytes())
     except Exception as exc:  # TenSEAL raises plain ValueError/RuntimeError on bad bytes
-        raise AidmpError(
-            f"{path} is not a valid CKKS key file ({exc}); redo the ceremony"
-        ) from None
+        raise HeError(f"{path} is not a valid CKKS key file ({exc}); redo the ceremony") from None
+    # Aggregation multiplies once by a plaintext scalar and keeps the doubled scale
+    # (privacy/he/packing.py): TenSEAL must not try to rescale, which needs a level.
+    context.auto_rescale = False
     if role == "coordinator" and context.is_private():
-        raise AidmpError(
+        raise HeError(
             f"{path} holds a secret key; the coordinator must only ever get "
             f"{COORDINATOR_FILE} (public), never {INSTITUTION_FILE}"
         )
     if role == "institution" and not context.is_private():
-        raise AidmpError(
+        raise HeError(
             f"{path} has no secret key, so this node could not decrypt the global model; "
             f"institutions use {INSTITUTION_FILE} from the ceremony"
         )
     return context
 
 
-def inspect_key_file(path: Path) -> dict[str, object]:
-    """What `aidmp keys inspect` prints: parameters, key kind, fingerprint, security."""
-    try:
-        context = ts.context_from(path.read_bytes())
-    except Exception as exc:
-        raise AidmpError(f"{path} is not a valid CKKS key file ({exc})") from None
+def key_file_for(path: Path, role: Role) -> Path:
+    """A key file, or the ceremony's folder holding the file for `role`."""
+    return (
+        path / (COORDINATOR_FILE if role == "coordinator" else INSTITUTION_FILE)
+        if path.is_dir()
+        else path
+    )
+
+
+def inspect_context(context: ts.Context) -> dict[str, object]:
+    """Parameters, key kind, fingerprint and security level of a loaded context."""
     parms = context.seal_context().data.key_context_data().parms()
     n = parms.poly_modulus_degree()
     bits = [q.bit_count() for q in parms.coeff_modulus()]
     limit = MAX_MODULUS_BITS_128.get(n, 0)
     return {
-        "file": str(path),
         "poly_modulus_degree": n,
         "coeff_mod_bit_sizes": bits,
         "scale_bits": round(math.log2(context.global_scale)),
@@ -152,5 +162,17 @@ def inspect_key_file(path: Path) -> dict[str, object]:
         "security": "128-bit"
         if sum(bits) <= limit
         else f"below 128-bit ({sum(bits)} > {limit} bits)",
+    }
+
+
+def inspect_key_file(path: Path) -> dict[str, object]:
+    """What `aidmp keys inspect` prints: parameters, key kind, fingerprint, security."""
+    try:
+        context = ts.context_from(path.read_bytes())
+    except Exception as exc:
+        raise AidmpError(f"{path} is not a valid CKKS key file ({exc})") from None
+    return {
+        "file": str(path),
+        **inspect_context(context),
         "mode": f"{stat.S_IMODE(path.stat().st_mode):o}",
     }

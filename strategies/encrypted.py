@@ -1,0 +1,176 @@
+"""FedAvg and FedAvgM over CKKS ciphertexts: the coordinator never sees an update.
+
+The global state this strategy passes around (the `arrays` of Flower's Strategy
+API, and the checkpoint) is an `EncryptedGlobal` packed as uint8 arrays. Each
+round the coordinator sums the nodes' encrypted n_i·u_i as replies arrive
+(`accumulate_train`, one running sum, never every update in memory), multiplies
+by the plaintext 1/W, and adds the result to the encrypted model. The arithmetic
+and its error bound are in privacy/he/packing.py.
+
+Sampling, evaluation and metric averaging are Flower's FedAvg, unchanged:
+evaluation is federated, since the coordinator cannot read the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from logging import getLogger
+
+import tenseal as ts
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from aidmp.errors import HeError
+from privacy.he.keys import fingerprint
+from privacy.he.packing import EncryptedSum, add_vectors, encrypt_initial_global
+from privacy.he.state import UPDATE_KEY, WIRE_KEY, EncryptedGlobal, flatten_state
+
+log = getLogger("aidmp.server")
+
+
+class EncryptedFedAvg(FedAvg):
+    """FedAvg (momentum 0) or FedAvgM on encrypted updates, with a public context only."""
+
+    def __init__(
+        self,
+        context: ts.Context,
+        *,
+        server_momentum: float = 0.0,
+        server_learning_rate: float = 1.0,
+        proximal_mu: float = 0.0,
+        **fedavg: object,
+    ) -> None:
+        super().__init__(**fedavg)  # type: ignore[arg-type]
+        if context.is_private():
+            raise HeError(
+                "the coordinator was given a secret CKKS context; it must only hold the "
+                "public coordinator.ckks"
+            )
+        self.context = context
+        self.fingerprint = fingerprint(context)
+        self.server_momentum = server_momentum
+        self.server_learning_rate = server_learning_rate
+        self.proximal_mu = proximal_mu  # FedProx: the term is applied at the nodes
+        self._current: EncryptedGlobal | None = None
+        self._sum: EncryptedSum | None = None
+        self._weight = 0.0
+        self._metrics: list[RecordDict] = []
+        self.bytes_received = 0  # ciphertext bytes nodes sent this round
+        self.bytes_broadcast = 0  # ciphertext bytes the coordinator sent this round
+
+    # --- the global state --------------------------------------------------------
+    def initial_state(self, model_state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+        """G_0: the freshly initialised model, encrypted under the public key."""
+        params = flatten_state(model_state)
+        model = encrypt_initial_global(self.context, params)
+        return EncryptedGlobal(len(params), self.fingerprint, model, 1.0).to_arrays()
+
+    def open_state(self, arrays: ArrayRecord) -> EncryptedGlobal:
+        state = EncryptedGlobal.from_arrays(arrays)
+        if state.fingerprint != self.fingerprint:
+            raise HeError(
+                f"the stored global model is encrypted under key fingerprint "
+                f"{state.fingerprint[:16]}..., the coordinator's key is "
+                f"{self.fingerprint[:16]}...; resume with the keys the run began with"
+            )
+        return state
+
+    # --- sending -------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
+    ) -> Iterable[Message]:
+        self._current = self.open_state(arrays)
+        config["he-momentum"] = self.server_momentum
+        config["he-server-lr"] = self.server_learning_rate
+        if self.proximal_mu > 0:
+            config["proximal-mu"] = self.proximal_mu
+        self.bytes_broadcast = 0
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
+    ) -> Iterable[Message]:
+        self._current = self.open_state(arrays)
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def _construct_messages(
+        self, record: RecordDict, node_ids: list[int], message_type: str
+    ) -> Iterable[Message]:
+        # FedAvg would send the ArrayRecord; nodes get the ciphertexts as bytes instead.
+        assert self._current is not None
+        wire = self._current.to_wire()
+        size = sum(len(b) for b in self._current.model + (self._current.momentum or []))
+        self.bytes_broadcast += size * len(node_ids)
+        encrypted = RecordDict(
+            {WIRE_KEY: wire, self.configrecord_key: record[self.configrecord_key]}
+        )
+        return super()._construct_messages(encrypted, node_ids, message_type)
+
+    # --- aggregating, one reply at a time ----------------------------------------
+    def begin_train(self, server_round: int) -> None:
+        self._sum = EncryptedSum(self.context)
+        self._weight = 0.0
+        self._metrics = []
+        self.bytes_received = 0
+
+    def accumulate_train(self, reply: Message, who: str) -> str | None:
+        """Add one reply to the running sum; returns why it was rejected, if it was."""
+        assert self._sum is not None, "begin_train first"
+        if reply.has_error():
+            return None  # the node declined; run_rounds records its reason
+        content = reply.content
+        update = content.config_records.get(UPDATE_KEY)
+        if update is None:
+            return "sent no encrypted update in an encrypted round; it was not aggregated"
+        if update.get("fingerprint") != self.fingerprint:
+            return (
+                f"encrypted under key fingerprint {str(update.get('fingerprint'))[:16]}..., "
+                f"the run's is {self.fingerprint[:16]}...; not aggregated"
+            )
+        metrics = content.metric_records.get("metrics")
+        weight = None if metrics is None else metrics.get(self.weighted_by_key)
+        if not isinstance(weight, (int, float)) or weight <= 0:
+            return f"reported no positive '{self.weighted_by_key}'; not aggregated"
+        chunks = list(update["chunks"])  # type: ignore[arg-type]
+        try:
+            self._sum.add(chunks, who)
+        except HeError as exc:
+            return f"{exc}; not aggregated"
+        self._weight += float(weight)
+        self._metrics.append(RecordDict({"metrics": metrics}))
+        self.bytes_received += sum(len(b) for b in chunks)
+        return None
+
+    def finish_train(self, server_round: int) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """G_{t+1} = G_t + Σ/W (and M_{t+1} = Σ/W for FedAvgM); None if nothing arrived."""
+        assert self._sum is not None and self._current is not None
+        if self._sum.count == 0:
+            return None, None
+        mean, mean_check = self._sum.mean(self._weight)
+        current = self._current
+        model = add_vectors(self.context, current.model, mean)
+        self._current = EncryptedGlobal(
+            size=current.size,
+            fingerprint=self.fingerprint,
+            model=model,
+            model_check=current.model_check + mean_check,
+            momentum=[v.serialize() for v in mean] if self.server_momentum > 0 else None,
+            momentum_check=mean_check if self.server_momentum > 0 else 0.0,
+        )
+        self._sum = None
+        metrics = self.train_metrics_aggr_fn(self._metrics, self.weighted_by_key)
+        return self._current.to_arrays(), metrics
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's one-call form of begin/accumulate/finish."""
+        self.begin_train(server_round)
+        for reply in replies:
+            reason = self.accumulate_train(reply, f"node {reply.metadata.src_node_id}")
+            if reason:
+                log.warning(
+                    "round %d: node %d %s", server_round, reply.metadata.src_node_id, reason
+                )
+        return self.finish_train(server_round)
