@@ -22,7 +22,9 @@ from aidmp.errors import AidmpError
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT_VERSION = 1
 # Run-config keys whose change makes a checkpoint meaningless to resume.
-RESUME_MUST_MATCH = ("task", "strategy", "partition", "seed")
+RESUME_MUST_MATCH = ("task", "strategy", "partition", "seed", "he")
+# What a key means when a checkpoint from before that key existed lacks it.
+_ABSENT_MEANS = {"he": False}
 
 
 @dataclass
@@ -68,9 +70,10 @@ def check_resumable(ckpt: Checkpoint, path: Path, run_config: dict[str, Any]) ->
     """Refuse to resume a checkpoint under a config that would change its meaning."""
     saved = ckpt.meta.get("run_config", {})
     for key in RESUME_MUST_MATCH:
-        if saved.get(key) != run_config[key]:
+        was = saved.get(key, _ABSENT_MEANS.get(key))
+        if was != run_config[key]:
             raise AidmpError(
-                f"cannot resume {path}: it was run with {key}={saved.get(key)!r}, "
+                f"cannot resume {path}: it was run with {key}={was!r}, "
                 f"this run asks for {key}={run_config[key]!r}; "
                 f"use the same {key} or start a new run"
             )

