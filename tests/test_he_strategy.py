@@ -246,3 +246,27 @@ def test_evaluation_decrypts_the_global_model(keys):
     reply = evaluate(msg, _node(0))
     assert not reply.has_error()
     assert 0.0 <= reply.content["metrics"]["eval-accuracy"] <= 1.0
+
+
+def test_the_encrypted_model_survives_a_checkpoint_and_other_keys_cannot_resume_it(keys, tmp_path):
+    from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
+
+    cfg = _cfg(keys)
+    strategy = build_strategy(cfg)
+    torch.manual_seed(0)
+    model = get_task(cfg.task).build_model()
+    arrays = strategy.initial_state(model.state_dict())
+    path = tmp_path / "checkpoint.npz"
+    meta = {"run_config": cfg.to_flower()}
+    save_checkpoint(path, Checkpoint(1, {k: v.numpy() for k, v in arrays.items()}, meta=meta))
+    restored = load_checkpoint(path)
+    state = strategy.open_state(restored.model)  # what a resumed coordinator does
+    secret = load_context(keys / INSTITUTION_FILE, "institution")
+    params, _ = state.decrypt(secret)
+    np.testing.assert_allclose(params, flatten_state(model.state_dict()), atol=1e-6)
+
+    key_ceremony(tmp_path / "other")
+    with pytest.raises(HeError, match="resume with the keys the run began with"):
+        build_strategy(_cfg(tmp_path / "other")).open_state(restored.model)
+    with pytest.raises(AidmpError, match="he=True"):
+        check_resumable(restored, path, {**cfg.to_flower(), "he": False})
