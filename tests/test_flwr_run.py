@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from privacy.he.keys import key_ceremony
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +30,13 @@ def _kill_processes_with_env(key: str, value: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="cleanup reads /proc")
-def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path):
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "he"])
+def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path, encrypted):
     flwr_home, out = tmp_path / "flwr-home", tmp_path / "out"
+    extra = ""
+    if encrypted:
+        key_ceremony(tmp_path / "keys")
+        extra = f" he=true he-keys='{tmp_path / 'keys'}' central-eval=false"
     venv_bin = Path(sys.executable).parent  # `flwr run` finds flower-superlink on PATH
     env = {
         **os.environ,
@@ -42,7 +49,8 @@ def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path):
     cmd = [
         str(flwr), "run", ".", "--stream",
         "--federation-config", "num-supernodes=2",
-        "--run-config", f"task='breast-cancer' num-rounds=1 partition='iid' out-dir='{out}'",
+        "--run-config",
+        f"task='breast-cancer' num-rounds=1 partition='iid' out-dir='{out}'" + extra,
     ]  # fmt: skip
     try:
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -53,4 +61,5 @@ def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path):
     assert report["task"] == "breast-cancer" and report["rounds_completed"] == 1
     (first,) = report["per_round"]
     assert first["train_replies"] == 2 and first["aggregated"]
+    assert report["he"]["enabled"] is encrypted
     assert (ROOT / "pyproject.toml").read_text() == pyproject_before
