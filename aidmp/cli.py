@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -94,6 +95,20 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         "--keys",
         help="with --he: the folder of `aidmp keys init` (default: make one in OUT/keys)",
     )
+    p.add_argument(
+        "--govern",
+        nargs="?",
+        const="bundled",
+        metavar="POLICY",
+        help="run local governance at every node before each round, under POLICY "
+        "(default: the task's bundled example, simulations/policies/TASK.yaml)",
+    )
+    p.add_argument(
+        "--scenario",
+        default="",
+        help="with --govern: made-up PII and dirty rows at chosen institutions, "
+        "e.g. 'pii:0,2;dirty:1;noconsent:3;broken:4'",
+    )
     p.add_argument("--no-central-eval", action="store_true", help="skip held-out evaluation")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
@@ -117,6 +132,18 @@ def _simulation_keys(args: argparse.Namespace) -> str:
         "institution its own copy."
     )
     return str(folder)
+
+
+def _policy_for(args: argparse.Namespace) -> str:
+    if args.govern is None:
+        if args.scenario:
+            raise AidmpError("--scenario needs --govern")
+        return ""
+    if args.govern != "bundled":
+        return args.govern
+    from simulations.runner import bundled_policy
+
+    return str(bundled_policy(args.task))
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
@@ -143,6 +170,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "central-eval": not (args.no_central_eval or args.he),
             "he": args.he,
+            "governance-policy": _policy_for(args),
+            "governance-scenario": args.scenario,
             "he-keys": _simulation_keys(args) if args.he else "",
             "out-dir": args.out,
             "resume": args.resume,
@@ -186,6 +215,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
                 f"HE: the final model, decrypted afterwards with the simulation's key: "
                 f"held-out accuracy {held_out['accuracy']:.4f}"
             )
+    for name, g in summary["governance"]["by_institution"].items():
+        detail = g.get("reason") or f"{g.get('rows-used', 'fewer than min-count')} rows used"
+        pii = ", ".join(g.get("pii-columns", []))
+        print(f"governance: {name} {g['decision']}: {detail}" + (f"; PII {pii}" if pii else ""))
     client_level = privacy.get("client_level")
     if client_level:
         print(
@@ -312,6 +345,93 @@ def _run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _govern_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("govern", help="institution: check data against a governance policy")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    init = verbs.add_parser("init", help="draft a policy from the data, for review")
+    init.add_argument("data", help="a CSV or Parquet file")
+    init.add_argument("--out", required=True, help="where to write the draft policy YAML")
+    init.add_argument("--label", help="the label column (default: the last column)")
+    init.set_defaults(handler=_run_govern)
+    check = verbs.add_parser(
+        "check", help="run the pipeline; exit 0 if the data passes, 1 with reasons if not"
+    )
+    check.add_argument("data", help="a CSV or Parquet file")
+    check.add_argument("--policy", required=True, help="the institution's policy YAML")
+    check.add_argument("--report", help="folder for the full report (JSON and HTML)")
+    check.set_defaults(handler=_run_govern)
+
+
+def _run_govern(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from governance.load import load_table
+    from governance.policy import load_policy
+
+    data = Path(args.data)
+    if args.verb == "init":
+        from governance.draft import draft_policy, write_draft
+
+        out = Path(args.out)
+        if out.exists():
+            raise AidmpError(f"{out} exists; choose another --out, or remove it deliberately")
+        frame = load_table(data)
+        if args.label and args.label not in frame.columns:
+            raise AidmpError(f"--label {args.label!r} is not a column of {data}")
+        draft = draft_policy(frame, args.label)
+        write_draft(draft, data, out)
+        tags = [f"{c}={r['tag']}" for c, r in draft["columns"].items() if r["tag"] != "public"]
+        print(f"wrote {out}: {len(draft['columns'])} columns, label {draft['label']!r}")
+        print("tagged: " + (", ".join(tags) or "nothing"))
+        print("review it before use: every line was inferred from the data")
+        return 0
+    from governance.pipeline import govern, site_secret
+    from governance.report import local_report, write_reports
+
+    policy, sha = load_policy(Path(args.policy))
+    result = govern(load_table(data, encoding=policy.encoding, delimiter=policy.delimiter),
+                    policy, site_secret(policy))  # fmt: skip
+    report = local_report(result, policy, sha, str(data))
+    if args.report:
+        json_path, html_path = write_reports(report, Path(args.report))
+        print(f"wrote {json_path} and {html_path}")
+    print(f"rows: {report['rows_in']} in, {report['rows_used']} used; removed {report['removed']}")
+    for column, spec in sorted(result.pii.items()):
+        print(f"PII: {column} {spec}")
+    if result.admitted:
+        print(f"PASS: {data} meets {args.policy}")
+        return 0
+    for reason in result.local_reasons:
+        print(f"FAIL: {reason}")
+    return 1
+
+
+def _audit_log_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="institution: the audit log of what left the site")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    verify = verbs.add_parser("verify", help="check the hash chain; name any edited entry")
+    verify.add_argument("path", help="an audit.jsonl, or the node's state folder holding one")
+    verify.set_defaults(handler=_run_audit_log)
+
+
+def _run_audit_log(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from privacy.audit import AUDIT_NAME, summarize, verify_audit_log
+
+    path = Path(args.path)
+    path = path / AUDIT_NAME if path.is_dir() else path
+    problems = verify_audit_log(path)
+    if not problems:
+        info = summarize(path)
+        print(f"OK: {path} is intact; {json.dumps(info, default=str)}")
+        return 0
+    for p in problems:
+        print(f"line {p.line} (seq {p.seq}): {p.problem}")
+    print(f"TAMPERED: {len(problems)} problem(s) in {path}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aidmp", description="Federated learning and analytics for institutions."
@@ -321,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger_parser(sub)
     _audit_parser(sub)
     _keys_parser(sub)
+    _govern_parser(sub)
+    _audit_log_parser(sub)
     return parser
 
 

@@ -71,6 +71,14 @@ class RunConfig(BaseModel):
         alias="he-keys",
         description="coordinator.ckks, or the key ceremony's folder (simulation: both sides)",
     )
+    # --- local governance (governance/): in deployment each node's own `policy` node
+    # config rules; in simulation this policy stands in for every node.
+    governance_policy: str = Field(
+        "", alias="governance-policy", description="simulation: every node's policy YAML"
+    )
+    governance_scenario: str = Field(
+        "", alias="governance-scenario", description="simulation: e.g. 'pii:0,2;dirty:1'"
+    )
     state_root: str = Field(
         "",
         alias="state-root",

@@ -11,6 +11,7 @@ class DeclineCode:
     BUDGET_EXHAUSTED = 102  # this round would take the node past its privacy budget
     PRIVACY_POLICY = 103  # the node's DP policy or ledger is invalid or unverifiable
     HE_KEYS = 104  # CKKS keys missing, of the wrong kind, or not the run's; bad ciphertext
+    GOVERNANCE = 105  # the node's data governance declined: schema, quality, consent, k
 
 
 class AidmpError(Exception):

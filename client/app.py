@@ -18,7 +18,9 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from aidmp.errors import AidmpError, DeclineCode, HeError
-from client.data import dataset_id, institution_name, local_data
+from client.audit_trail import record_outbound
+from client.data import dataset_id, institution_name, local_data, node_state_dir
+from client.governed import Governed, governed_data
 from client.mods import client_dp_clipping_mod
 from privacy.he.node import HeRound
 from privacy.he.state import UPDATE_KEY, WIRE_KEY
@@ -29,6 +31,19 @@ from tasks import Task, get_task
 from tasks.base import LocalData
 
 app = ClientApp(mods=[client_dp_clipping_mod])
+
+
+def _audited(kind: str):
+    """Record whatever the handler sends (reply or decline) in the node's audit log."""
+
+    def decorate(handler: Callable[[Message, Context], Message]):
+        def wrapped(msg: Message, context: Context) -> Message:
+            return record_outbound(msg, handler(msg, context), context, kind)
+
+        wrapped.__name__ = handler.__name__
+        return wrapped
+
+    return decorate
 
 
 def _decline_on_error(handler: Callable[[Message, Context], Message]):
@@ -61,12 +76,14 @@ def _round_seed(config: ConfigRecord, context: Context) -> int:
 
 def _setup(
     msg: Message, context: Context
-) -> tuple[ConfigRecord, Task, LocalData, nn.Module, HeRound | None]:
+) -> tuple[ConfigRecord, Task, LocalData, nn.Module, HeRound | None, Governed | None]:
     """The round's config, its task, this node's data, the global model as received, and,
     in an encrypted round, its decrypted state."""
     config = msg.content["config"]
     task = get_task(str(config["task"]))
-    data = local_data(context.node_config, config)
+    # Local governance first: it decides whether, and on which rows, this node trains.
+    governed = governed_data(context.node_config, config, node_state_dir(context, config))
+    data = governed.data if governed is not None else local_data(context.node_config, config)
     model = task.build_model()
     he = None
     if WIRE_KEY in msg.content.config_records:
@@ -79,7 +96,7 @@ def _setup(
         )
     else:
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return config, task, data, model, he
+    return config, task, data, model, he, governed
 
 
 def _truthy(value: object) -> bool:
@@ -87,9 +104,10 @@ def _truthy(value: object) -> bool:
 
 
 @app.train()
+@_audited("train")
 @_decline_on_error
 def train(msg: Message, context: Context) -> Message:
-    config, task, data, model, he = _setup(msg, context)
+    config, task, data, model, he, governed = _setup(msg, context)
     name = institution_name(context.node_config, context.node_id)
     hyper = {
         "epochs": int(config["local-epochs"]),  # type: ignore[arg-type]
@@ -123,6 +141,8 @@ def train(msg: Message, context: Context) -> Message:
             "node": ConfigRecord(node),
         }
     )
+    if governed is not None:  # aggregates only, small counts withheld (governance/report.py)
+        reply["governance"] = ConfigRecord({k: v for k, v in governed.summary.items() if v != []})
     if he is None:
         reply["arrays"] = ArrayRecord(model.state_dict())
     else:  # the update leaves the node only as ciphertext (noise already in it under DP)
@@ -136,9 +156,10 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@_audited("evaluate")
 @_decline_on_error
 def evaluate(msg: Message, context: Context) -> Message:
-    _, task, data, model, _ = _setup(msg, context)
+    _, task, data, model, _, _ = _setup(msg, context)
     loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
     metrics = MetricRecord(
         {

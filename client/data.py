@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +60,17 @@ def _fingerprint(task: str, data: LocalData) -> str:
 def dataset_id(task: str, data: LocalData) -> str:
     """A fingerprint of the rows this node trains on: its privacy ledger is keyed by it."""
     return _fingerprint(task, data)
+
+
+def node_state_dir(context: Any, config: Mapping[str, object]) -> Path | None:
+    """Where this node keeps its ledger, audit log and reports: its own `state-dir`, or
+    in simulation the run's `state-root`/<institution>."""
+    if "state-dir" in context.node_config:
+        return Path(str(context.node_config["state-dir"]))
+    if config.get("state-root"):
+        name = institution_name(context.node_config, context.node_id)
+        return Path(str(config["state-root"])) / name
+    return None
 
 
 def institution_name(node_config: Mapping[str, object], node_id: int) -> str:

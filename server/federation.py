@@ -44,6 +44,12 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
     failed = len(rec.train_failures)
+    governance = ""
+    if rec.governance:
+        governance = "\n    governance: " + ", ".join(
+            f"{name} {g['decision']} ({g.get('rows-used', '<min')} rows)"
+            for name, g in sorted(rec.governance.items())
+        )
     privacy = ""
     if rec.privacy:
         privacy = "\n    eps spent: " + ", ".join(
@@ -58,6 +64,7 @@ def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
         f"  nodes {rec.train_replies}/{rec.train_replies + failed}"
         f"  {rec.elapsed_s:5.1f}s (total {total_s:6.1f}s)"
         + ("" if rec.aggregated else "  [skipped: no usable replies]")
+        + governance
         + privacy
         + declined
     )
@@ -101,6 +108,11 @@ def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
             # Simulation only: the key ceremony's folder, so virtual nodes find their
             # secret context in it. A deployed node's own he-keys node config wins.
             "he-keys": str(Path(cfg.he_keys).resolve()) if cfg.he and cfg.he_keys else "",
+            # Simulation only, likewise: a deployed node's own `policy` node config wins.
+            "governance-policy": str(Path(cfg.governance_policy).resolve())
+            if cfg.governance_policy
+            else "",
+            "governance-scenario": cfg.governance_scenario,
         }
     )
 
@@ -172,6 +184,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
 
     report = build_report(cfg, history, resumed_from=first_round - 1 if cfg.resume else None)
     report["privacy"]["client_level"] = _client_level_spend(cfg, strategy)
+    report["governance"] = governance_report(history)
     report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))
     atomic_write_json(out_dir / REPORT_NAME, report)
     return report
@@ -196,6 +209,23 @@ def build_report(
             "source": "central" if last.get("central_accuracy") is not None else "federated",
         },
     }
+
+
+def governance_report(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each institution's latest governance decision: its summary when admitted, its
+    reasons when it declined (code 105)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for rec in history:
+        for name, summary in rec.get("governance", {}).items():
+            latest[name] = {"round": rec["round"], **summary}
+        for f in rec.get("train_failures", []):
+            if f["code"] == DeclineCode.GOVERNANCE:
+                latest[str(f["institution"])] = {
+                    "round": rec["round"],
+                    "decision": "decline",
+                    "reason": f["reason"],
+                }
+    return {"by_institution": dict(sorted(latest.items()))}
 
 
 def task_size(task_name: str) -> int:

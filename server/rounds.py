@@ -42,6 +42,7 @@ class RoundRecord:
     central_loss: float | None = None
     central_accuracy: float | None = None
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # institution -> spend
+    governance: dict[str, dict[str, object]] = field(default_factory=dict)  # institution ->
     he_bytes_received: int | None = None  # ciphertext from the nodes (HE runs)
     he_bytes_broadcast: int | None = None  # ciphertext to the nodes, train and evaluate
     aggregated: bool = False
@@ -146,6 +147,7 @@ def _train_incrementally(
     for reply in stream_replies(grid, messages, timeout):
         record.train_failures += _failures([reply])
         record.privacy |= _privacy_spend([reply])
+        record.governance |= _governance([reply])
         who = _institution(reply)
         rejected = strategy.accumulate_train(reply, who)
         if rejected:
@@ -158,6 +160,16 @@ def _train_incrementally(
             record.train_replies += 1
     record.he_bytes_received = strategy.bytes_received
     return strategy.finish_train(rnd)
+
+
+def _governance(replies: Iterable[Message]) -> dict[str, dict[str, object]]:
+    """Each admitted node's governance summary (aggregates only) as it sent it."""
+    out: dict[str, dict[str, object]] = {}
+    for m in replies:
+        if m.has_error() or "governance" not in m.content.config_records:
+            continue
+        out[_institution(m)] = dict(m.content.config_records["governance"])
+    return out
 
 
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:
@@ -200,6 +212,7 @@ def run_rounds(
             record.train_failures = _failures(replies)
             record.train_replies = len(replies) - len(record.train_failures)
             record.privacy = _privacy_spend(replies)
+            record.governance = _governance(replies)
             try:
                 new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             except InconsistentMessageReplies as exc:

@@ -25,6 +25,7 @@ from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
 from client.app import app as client_app
+from governance.policy import load_policy
 from privacy.he.keys import key_file_for, load_context
 from privacy.he.state import EncryptedGlobal, unflatten_state
 from server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
@@ -32,6 +33,7 @@ from server.federation import REPORT_NAME, run_federation
 from simulations.baseline import centralized_baseline
 from simulations.partition import parse_partition, partition_indices
 from simulations.plots import plot_metrics
+from simulations.scenarios import parse_scenario
 from tasks import get_task, load_dataset
 
 SUMMARY_NAME = "summary.json"
@@ -60,6 +62,8 @@ def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
     data = load_dataset(cfg.task)  # also reports a missing dataset package
     partition_indices(data.y_train, institutions, spec, cfg.seed)  # raises if a part is empty
     check_out_dir(Path(cfg.out_dir))
+    if cfg.governance_policy or cfg.governance_scenario:
+        _check_governance(cfg)
     if cfg.he:  # both halves of the key pair, since the researcher plays every side
         load_context(key_file_for(Path(cfg.he_keys), "coordinator"), "coordinator")
         load_context(key_file_for(Path(cfg.he_keys), "institution"), "institution")
@@ -74,6 +78,31 @@ def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
             "min_nodes": min(cfg.min_nodes, institutions),
         }
     )
+
+
+BUNDLED_POLICIES = Path(__file__).parent / "policies"
+
+
+def bundled_policy(task: str) -> Path:
+    """The example policy shipped for a task (simulations/policies/TASK.yaml)."""
+    path = BUNDLED_POLICIES / f"{task}.yaml"
+    if not path.is_file():
+        raise AidmpError(
+            f"no bundled governance policy for task '{task}'; give one with --govern POLICY "
+            "(draft it with `aidmp govern init`)"
+        )
+    return path
+
+
+def _check_governance(cfg: RunConfig) -> None:
+    if not cfg.governance_policy:
+        raise AidmpError("a governance scenario needs a policy; add --govern")
+    load_policy(Path(cfg.governance_policy))
+    parse_scenario(cfg.governance_scenario)
+    if get_task(cfg.task).raw_train is None:
+        raise AidmpError(
+            f"task '{cfg.task}' has no tabular schema for governance; use --task adult"
+        )
 
 
 def _backend_config(institutions: int, verbose: bool) -> dict[str, Any]:
@@ -120,6 +149,7 @@ def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dic
         "per_round": report["per_round"],
         "privacy": report["privacy"],
         "he": report["he"] | _held_out_by_researcher(cfg),
+        "governance": report["governance"],
         "final": report["final"],
         "centralized_baseline": centralized_baseline(cfg),
         "resumed_from_round": report["resumed_from_round"],

@@ -139,6 +139,15 @@ def build_model() -> nn.Module:
     return nn.Sequential(nn.Linear(len(FEATURE_NAMES), 64), nn.ReLU(), nn.Linear(64, 2))
 
 
+def raw_train() -> pd.DataFrame:
+    """The training rows as the UCI file has them (the order of `load().x_train`)."""
+    return read_raw(data_dir() / "adult.data").reset_index(drop=True)
+
+
+def encode(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    return encode_features(frame), encode_labels(frame)
+
+
 train = train_classifier
 evaluate = evaluate_classifier
 
@@ -149,4 +158,6 @@ TASK = Task(
     build_model=build_model,
     train=train,
     evaluate=evaluate,
+    raw_train=raw_train,
+    encode=encode,
 )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -43,6 +44,10 @@ class Task:
     build_model: Callable[[], nn.Module]
     train: Callable[..., float]
     evaluate: Callable[..., tuple[float, float]]
+    # Tabular tasks that local governance can run on: the raw training rows (in the
+    # order of `Dataset.x_train`), and how a governed frame becomes features and labels.
+    raw_train: Callable[[], pd.DataFrame] | None = None
+    encode: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 def stratified_holdout(

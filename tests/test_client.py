@@ -1,5 +1,7 @@
 """The ClientApp's handlers, called as Flower calls them (real Messages, real training)."""
 
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,8 @@ def _request(kind, cfg, rnd=1, **extra):
 
 
 NODE = {"partition-id": 1, "num-partitions": 3}
-CFG = RunConfig(task="breast-cancer", partition="iid", seed=0, dp=False)
+# Nodes keep their audit logs under the run's state root: a throwaway folder here.
+CFG = RunConfig(task="breast-cancer", partition="iid", seed=0, dp=False, out_dir=tempfile.mkdtemp())
 
 
 def test_train_replies_with_new_weights_and_example_count():

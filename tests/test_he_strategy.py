@@ -49,7 +49,7 @@ def keys(tmp_path_factory):
 def _cfg(keys, **update):
     base = dict(task="breast-cancer", partition="iid", seed=0, dp=False, he=True,
                 he_keys=str(keys), central_eval=False, min_available_nodes=NODES,
-                min_nodes=NODES)  # fmt: skip
+                min_nodes=NODES, out_dir=str(keys.parent / "out"))  # fmt: skip
     return RunConfig(**(base | update))
 
 

@@ -1,0 +1,76 @@
+"""Every message a node sends is recorded in its audit log before it leaves.
+
+The entry holds the run, the round, the kind of message, the SHA-256 and size of
+the exact bytes of its content (Flower's deterministic protobuf encoding), the ε
+this round charged, and the governance decision with the policy's hash. If the
+log cannot be written, the node sends a decline instead: nothing leaves unrecorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from flwr.app import Context, Error, Message
+from flwr.common.serde import recorddict_to_proto
+
+from aidmp.errors import AidmpError
+from client.data import institution_name, node_state_dir
+from client.governed import policy_path
+from privacy.audit import AUDIT_NAME, AuditEntry, AuditLog, payload_digest
+
+log = logging.getLogger("aidmp.client")
+_warned = False
+
+
+def _payload(reply: Message) -> bytes:
+    if reply.has_error():
+        return f"{reply.error.code}:{reply.error.reason}".encode()
+    return recorddict_to_proto(reply.content).SerializeToString(deterministic=True)
+
+
+def _policy_sha(context: Context, config) -> str | None:
+    path = policy_path(context.node_config, config)
+    if path is None or not Path(str(path)).is_file():
+        return None
+    return hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
+
+
+def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -> Message:
+    """Append the reply to the node's audit log; a decline replaces it if that fails."""
+    config = msg.content.config_records.get("config", {})
+    state_dir = node_state_dir(context, config)
+    if state_dir is None:
+        global _warned
+        if not _warned:
+            log.warning("no state-dir for this node: its outbound messages are not audited")
+            _warned = True
+        return reply
+    sha, size = payload_digest(_payload(reply))
+    node = None if reply.has_error() else reply.content.config_records.get("node")
+    governance = None if reply.has_error() else reply.content.config_records.get("governance")
+    if reply.has_error():
+        decision = "decline" if "governance:" in reply.error.reason else None
+        details: dict[str, object] = {"code": reply.error.code}
+    else:
+        decision = str(governance["decision"]) if governance is not None else None
+        details = {"encrypted": "he-update" in reply.content.config_records}
+    epsilon = float(node["epsilon-round"]) if node is not None and "epsilon-round" in node else None
+    entry = AuditEntry(
+        run=str(context.run_id),
+        round=int(config.get("server-round", 0)),  # type: ignore[arg-type]
+        kind=f"{kind}-decline" if reply.has_error() else f"{kind}-reply",
+        payload_sha256=sha,
+        payload_bytes=size,
+        epsilon_charged=epsilon,
+        governance_decision=decision,
+        policy_sha256=_policy_sha(context, config),
+        details=details,
+    )
+    try:
+        AuditLog(state_dir / AUDIT_NAME).append(entry)
+    except AidmpError as exc:
+        name = institution_name(context.node_config, context.node_id)
+        return Message(Error(code=exc.decline_code, reason=f"[{name}] {exc}"), reply_to=msg)
+    return reply

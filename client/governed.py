@@ -1,0 +1,133 @@
+"""A node's data after local governance, run before every round and cached.
+
+The policy is the node's own (`--node-config "policy='/etc/aidmp/policy.yaml'"`);
+only in simulation does the run config's `governance-policy` stand in for every
+node. The data is the node's own file (`data='/srv/data/rows.csv'`), or in
+simulation its partition of the task's raw rows with the run's scenario applied.
+
+The pipeline's result is cached by a fingerprint of the data (its file's size and
+modification time, or the simulated split) and the policy's SHA-256: unchanged
+data is not scanned again. The full report is written to the node's state folder
+when the data is scanned; a declined node raises GovernanceError (code 105) with
+reasons that carry no values and no small counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from governance.load import load_table
+from governance.pipeline import govern, site_secret
+from governance.policy import GovernanceError, Policy, load_policy
+from governance.report import coordinator_summary, local_report, write_reports
+from simulations.partition import local_split, partition_indices
+from simulations.scenarios import apply_scenario, parse_scenario
+from tasks import get_task, load_dataset
+from tasks.base import LocalData
+
+CACHE_SIZE = 4
+
+
+@dataclass(frozen=True)
+class Governed:
+    """What governance let this node train on, and what it may tell the coordinator."""
+
+    data: LocalData
+    summary: dict[str, Any]
+    policy_sha256: str
+    admitted: bool
+    reasons: tuple[str, ...]
+
+
+_cache: OrderedDict[tuple[Any, ...], Governed] = OrderedDict()
+
+
+def policy_path(node_config: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
+    return node_config.get("policy") or config.get("governance-policy") or None
+
+
+def governed_data(
+    node_config: Mapping[str, Any],
+    config: Mapping[str, Any],
+    state_dir: Path | None,
+) -> Governed | None:
+    """This node's governed data, or None when it has no policy (governance off)."""
+    path = policy_path(node_config, config)
+    if path is None:
+        return None
+    policy, sha = load_policy(Path(str(path)))
+    task = get_task(str(config["task"]))
+    if task.raw_train is None or task.encode is None:
+        raise GovernanceError(
+            f"task '{task.name}' has no tabular schema for governance to check; "
+            "run it without a policy, or choose a tabular task such as adult"
+        )
+    key, load = _source(node_config, config, policy)
+    cache_key = (key, sha)
+    if cache_key in _cache:
+        _cache.move_to_end(cache_key)
+        governed = _cache[cache_key]
+    else:
+        governed = _run(load, key, policy, sha, task, int(config["seed"]), state_dir)
+        _cache[cache_key] = governed
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    if not governed.admitted:
+        raise GovernanceError("governance: " + "; ".join(governed.reasons))
+    return governed
+
+
+def _source(
+    node_config: Mapping[str, Any], config: Mapping[str, Any], policy: Policy
+) -> tuple[tuple[Any, ...], Any]:
+    """A fingerprint of where the rows come from, and how to load them."""
+    if "data" in node_config:
+        path = Path(str(node_config["data"]))
+        if not path.is_file():
+            raise GovernanceError(f"no data file at {path}; check the node's `data` setting")
+        stat = path.stat()
+        key = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        return key, lambda: load_table(path, encoding=policy.encoding, delimiter=policy.delimiter)
+    if "partition-id" not in node_config or "num-partitions" not in node_config:
+        raise GovernanceError(
+            "this node has a policy but no data; start it with "
+            "--node-config \"data='/path/rows.csv' policy='/path/policy.yaml'\""
+        )
+    index, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
+    task, partition, seed = str(config["task"]), str(config["partition"]), int(config["seed"])
+    scenario = str(config.get("governance-scenario", ""))
+    key = ("simulated", task, partition, seed, n, index, scenario)
+
+    def load() -> pd.DataFrame:
+        rows = partition_indices(load_dataset(task).y_train, n, partition, seed)[index]
+        raw = get_task(task).raw_train().iloc[rows].reset_index(drop=True)  # type: ignore[misc]
+        return apply_scenario(raw, parse_scenario(scenario), index, seed)
+
+    return key, load
+
+
+def _run(
+    load: Any, key: tuple[Any, ...], policy: Policy, sha: str, task: Any, seed: int,
+    state_dir: Path | None,
+) -> Governed:  # fmt: skip
+    frame = load()
+    result = govern(frame, policy, site_secret(policy))
+    if state_dir is not None:
+        source = key[1] if key[0] == "file" else f"simulated split {key[1:]}"
+        write_reports(local_report(result, policy, sha, str(source)), state_dir)
+    summary = coordinator_summary(result, policy, sha)
+    if not result.admitted:
+        empty = LocalData(*(pd.DataFrame().to_numpy(),) * 4)
+        return Governed(empty, summary, sha, False, tuple(result.reasons))
+    x, y = task.encode(result.frame)
+    # A stable per-source seed (Python's hash() differs between processes).
+    offset = int(hashlib.sha256(repr(key).encode()).hexdigest()[:6], 16)
+    train, val = local_split(len(y), seed=seed + offset)
+    return Governed(LocalData(x[train], y[train], x[val], y[val]), summary, sha, True, ())

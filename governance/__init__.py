@@ -1,0 +1,1 @@
+"""Data governance: personal identifiers in tabular data (`pii`)."""

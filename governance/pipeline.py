@@ -1,0 +1,403 @@
+"""The governance pipeline a node runs on its data before it joins a round.
+
+Steps, in order: schema (columns, types, ranges, categories), PII scan and
+sensitivity tags, consent filter, deduplication, missing values, outliers, PII
+actions (drop, keyed hash, generalize), k-anonymity on the quasi-identifiers, the
+minimum row count, then the decision. Training sees only the returned frame: the
+label and the feature columns, with identifiers, the consent column and any column
+the policy does not know removed.
+
+Two kinds of reasons come out. The local report keeps exact counts and example
+values for the institution's staff. The reasons and the summary that may leave
+the site carry no values, and every count below the policy's `min_count` is
+replaced by "fewer than N" or withheld (governance/report.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from governance.pii import scan_frame
+from governance.policy import DIRECT_IDENTIFIERS, ColumnRule, Policy
+
+TRUE_WORDS = frozenset({"true", "yes", "y", "1", "t"})
+FALSE_WORDS = frozenset({"false", "no", "n", "0", "f"})
+EXAMPLES = 3  # example bad values kept in the local report
+
+
+@dataclass
+class GovernanceResult:
+    """What the pipeline decided, what it trains on, and what it reports."""
+
+    admitted: bool
+    frame: pd.DataFrame  # the training frame (empty when declined)
+    reasons: list[str]  # safe to send: no values, small counts masked
+    local_reasons: list[str]  # exact, for the institution's own report
+    report: dict[str, Any]  # the full local report
+    removed: dict[str, int] = field(default_factory=dict)  # rows removed per step
+    pii: dict[str, str] = field(default_factory=dict)  # column -> "type:action"
+    tags: dict[str, str] = field(default_factory=dict)  # column -> sensitivity tag
+    missing_rates: dict[str, float] = field(default_factory=dict)
+    missing_counts: dict[str, int] = field(default_factory=dict)
+    outliers_flagged: int = 0
+    k_achieved: int | None = None
+    rows_in: int = 0
+
+
+def masked(n: int, min_count: int) -> str:
+    """A count as it may leave the site: exact if 0 or at least `min_count`."""
+    return str(n) if n == 0 or n >= min_count else f"fewer than {min_count}"
+
+
+class _Run:
+    """One pass of the pipeline over one frame; collects reasons as it goes."""
+
+    def __init__(self, frame: pd.DataFrame, policy: Policy, secret: bytes | None) -> None:
+        self.frame = frame.copy()
+        self.policy = policy
+        self.secret = secret
+        self.result = GovernanceResult(False, frame.iloc[0:0], [], [], {}, rows_in=len(frame))
+        self.steps: list[dict[str, Any]] = []
+
+    # --- bookkeeping -------------------------------------------------------------
+    def decline(self, safe: str, local: str | None = None) -> None:
+        self.result.reasons.append(safe)
+        self.result.local_reasons.append(local or safe)
+
+    def count(self, n: int) -> str:
+        return masked(n, self.policy.min_count)
+
+    def remove(self, step: str, mask: pd.Series, detail: str = "") -> None:
+        n = int(mask.sum())
+        self.result.removed[step] = self.result.removed.get(step, 0) + n
+        self.steps.append({"step": step, "rows_removed": n, "detail": detail})
+        if n:
+            self.frame = self.frame.loc[~mask]
+
+    # --- 1. schema -----------------------------------------------------------------
+    def schema(self) -> bool:
+        declared = self.policy.columns
+        missing = [c for c in declared if c not in self.frame.columns]
+        for column in missing:
+            self.decline(f"schema: column '{column}' missing")
+        unexpected = [c for c in self.frame.columns if c not in declared]
+        if unexpected and self.policy.unexpected_columns == "decline":
+            self.decline(
+                f"schema: {len(unexpected)} column(s) not in the policy: "
+                f"{', '.join(map(repr, unexpected))}; add them, or set unexpected_columns: drop"
+            )
+        self.unexpected = unexpected
+        if missing:
+            return False
+        invalid_total: dict[str, int] = {}
+        for column, rule in declared.items():
+            typed, invalid = _typed(self.frame[column], rule)
+            n_bad = int(invalid.sum())
+            if n_bad:
+                invalid_total[column] = n_bad
+                examples = self.frame[column][invalid].astype(str).head(EXAMPLES).tolist()
+                self.steps.append(
+                    {"step": "schema", "column": column, "invalid": n_bad, "examples": examples}
+                )
+            self.frame[column] = typed
+        self.invalid = invalid_total
+        return True
+
+    # --- 2. PII scan and tags --------------------------------------------------------
+    def pii_scan(self, original: pd.DataFrame) -> None:
+        findings = scan_frame(original)
+        for column in original.columns:
+            rule = self.policy.columns.get(column)
+            explicit_tag = rule is not None and "tag" in rule.model_fields_set
+            found = findings.get(column, [])
+            if found:
+                kind = found[0].pii_type
+                action = (rule.pii if rule is not None and rule.pii else None) or (
+                    self.policy.action_for(kind)
+                )
+                self.result.pii[column] = f"{kind}:{action}"
+                tag = "identifier" if kind in DIRECT_IDENTIFIERS else "quasi-identifier"
+            elif rule is not None and rule.pii:
+                self.result.pii[column] = f"declared:{rule.pii}"
+                tag = "public"
+            else:
+                tag = "public"
+            if explicit_tag:
+                tag = rule.tag  # type: ignore[union-attr]  # the admin's word wins
+            elif (
+                rule is not None
+                and self.policy.k_anonymity is not None
+                and column in self.policy.k_anonymity.quasi_identifiers
+                and tag == "public"
+            ):
+                tag = "quasi-identifier"
+            self.result.tags[column] = tag
+        self.report_findings = {
+            c: [vars(f) for f in fs] for c, fs in findings.items()
+        }  # local report only
+
+    # --- 3. consent ----------------------------------------------------------------------
+    def consent(self) -> None:
+        rule = self.policy.consent
+        if rule is None:
+            return
+        accepted = rule.accepted_words()
+        values = self.frame[rule.column].astype("string").str.strip().str.lower()
+        self.remove("consent", ~values.isin(accepted).fillna(False), f"accepted: {rule.accepted}")
+
+    # --- 4. cleaning -----------------------------------------------------------------------
+    def quality(self) -> None:
+        rows = max(self.result.rows_in, 1)
+        for column, rule in self.policy.columns.items():
+            n_missing = int(self.frame[column].isna().sum())
+            self.result.missing_counts[column] = n_missing
+            self.result.missing_rates[column] = n_missing / rows
+            limit = (
+                rule.max_missing_rate
+                if rule.max_missing_rate is not None
+                else self.policy.max_missing_rate
+            )
+            if n_missing / rows > limit:
+                bad = self.invalid.get(column, 0)
+                self.decline(
+                    f"quality: column '{column}' is {n_missing / rows:.0%} missing or invalid "
+                    f"(the policy allows {limit:.0%})",
+                    f"quality: column '{column}' is {n_missing / rows:.1%} missing "
+                    f"({n_missing} rows, {bad} of them invalid values), the policy allows "
+                    f"{limit:.0%}",
+                )
+
+    def deduplicate(self) -> None:
+        if self.policy.deduplicate:
+            self.remove("duplicates", self.frame.duplicated(keep="first"))
+
+    def missing(self) -> None:
+        """Rows missing the label or a non-nullable value go; the rest per `missing`."""
+        label = self.policy.label
+        self.remove("missing-label", self.frame[label].isna())
+        features = [c for c in self.policy.columns if c != label and not self._dropped(c)]
+        required = [c for c in features if not self.policy.columns[c].nullable]
+        if required:
+            self.remove("missing", self.frame[required].isna().any(axis=1))
+        if self.policy.missing == "drop-rows":
+            self.remove("missing", self.frame[features].isna().any(axis=1))
+        elif self.policy.missing == "impute":
+            for column in features:
+                series = self.frame[column]
+                if series.isna().any() and series.notna().any():
+                    fill = (series.median() if _is_numeric(self.policy.columns[column])
+                            else series.mode(dropna=True).iloc[0])  # fmt: skip
+                    self.frame[column] = series.fillna(fill)
+
+    def outliers(self) -> None:
+        spec = self.policy.outliers
+        numeric = [
+            c for c, r in self.policy.columns.items()
+            if _is_numeric(r) and c != self.policy.label and not self._dropped(c)
+        ]  # fmt: skip
+        if spec.method == "none" or not numeric or self.frame.empty:
+            return
+        values = self.frame[numeric].astype("float64")
+        if spec.method == "robust":
+            median = values.median()
+            mad = (values - median).abs().median() * 1.4826
+            score = (values - median).abs() / mad.replace(0, np.nan)
+            flagged = (score > spec.threshold).any(axis=1)
+        else:
+            from sklearn.ensemble import IsolationForest  # heavy: only when asked for
+
+            filled = values.fillna(values.median())
+            forest = IsolationForest(random_state=0, n_estimators=100)
+            flagged = pd.Series(forest.fit_predict(filled.to_numpy()) == -1, index=values.index)
+        self.result.outliers_flagged = int(flagged.sum())
+        if spec.action == "drop":
+            self.remove("outliers", flagged, spec.method)
+        else:
+            self.steps.append(
+                {"step": "outliers", "flagged": int(flagged.sum()), "method": spec.method}
+            )
+
+    # --- 5. PII actions -----------------------------------------------------------------------
+    def _dropped(self, column: str) -> bool:
+        return self.result.pii.get(column, "").endswith(":drop") or (
+            self.result.tags.get(column) == "identifier"
+            and not self.result.pii.get(column, "").endswith((":hash", ":keep", ":generalize"))
+        )
+
+    def pii_actions(self) -> None:
+        for column, spec in self.result.pii.items():
+            if column not in self.frame.columns:
+                continue
+            action = spec.rsplit(":", 1)[1]
+            if action == "hash":
+                self.frame[column] = self._hash(self.frame[column])
+            elif action == "generalize":
+                rule = self.policy.columns.get(column)
+                self.frame[column] = _generalize(self.frame[column], rule)
+
+    def _hash(self, series: pd.Series) -> pd.Series:
+        if self.secret is None:
+            raise_no_secret(self.policy.hash_secret_env)
+        key = self.secret
+        out = [
+            None if pd.isna(v) else hmac.new(key, str(v).encode(), hashlib.sha256).hexdigest()[:20]
+            for v in series.to_numpy(dtype=object)
+        ]
+        return pd.Series(out, index=series.index, dtype="string")
+
+    # --- 6. k-anonymity -----------------------------------------------------------------------
+    def k_anonymity(self) -> None:
+        spec = self.policy.k_anonymity
+        if spec is None or self.frame.empty:
+            return
+        qi = list(spec.quasi_identifiers)
+        small = _small_groups(self.frame, qi, spec.k)
+        if small.any() and spec.action == "generalize":
+            for column in qi:
+                rule = self.policy.columns[column]
+                if _is_numeric(rule):
+                    band = (rule.generalize.band if rule.generalize and rule.generalize.band
+                            else _default_band(self.frame[column]))  # fmt: skip
+                    for _ in range(5):  # widen the bands until the groups are large enough
+                        if not small.any():
+                            break
+                        band *= 2
+                        self.frame[column] = np.floor(self.frame[column] / band) * band
+                        small = _small_groups(self.frame, qi, spec.k)
+        n_small = int(small.sum())
+        if n_small and spec.action == "decline":
+            self.decline(
+                f"k-anonymity: {self.count(n_small)} rows are in groups smaller than k={spec.k} "
+                f"on {', '.join(qi)}",
+                f"k-anonymity: {n_small} rows are in groups smaller than k={spec.k} on "
+                f"{', '.join(qi)}",
+            )
+        elif n_small:
+            self.remove("k-anonymity", small, f"k={spec.k} on {qi}")
+        if not self.frame.empty:
+            self.result.k_achieved = int(self.frame.groupby(qi, dropna=False).size().min())
+
+    # --- 7. decision --------------------------------------------------------------------------
+    def finish(self) -> GovernanceResult:
+        if len(self.frame) < self.policy.min_rows:
+            self.decline(
+                f"rows: {self.count(len(self.frame))} left after governance, the policy "
+                f"needs {self.policy.min_rows}",
+                f"rows: {len(self.frame)} left after governance, the policy needs "
+                f"{self.policy.min_rows}",
+            )
+        keep = [
+            c for c in self.policy.columns
+            if not self._dropped(c)
+            and self.result.tags.get(c) != "identifier"
+            and (self.policy.consent is None or c != self.policy.consent.column)
+        ]  # fmt: skip
+        self.result.admitted = not self.result.reasons
+        if self.result.admitted:
+            self.result.frame = self.frame[keep].reset_index(drop=True)
+        self.result.report = {
+            "steps": self.steps,
+            "pii_findings": getattr(self, "report_findings", {}),
+            "training_columns": keep if self.result.admitted else [],
+        }
+        return self.result
+
+
+def raise_no_secret(env: str) -> None:
+    from governance.policy import GovernanceError
+
+    raise GovernanceError(
+        f"the policy hashes a column but ${env} is not set; set it to this site's secret "
+        "(the same value every run, or hashes will not match across rounds)"
+    )
+
+
+def site_secret(policy: Policy) -> bytes | None:
+    value = os.environ.get(policy.hash_secret_env)
+    return value.encode() if value else None
+
+
+def govern(frame: pd.DataFrame, policy: Policy, secret: bytes | None = None) -> GovernanceResult:
+    """Run the whole pipeline over `frame` under `policy`; never raises on bad data
+    (that is a decline), only on a policy that cannot be applied (no hash secret)."""
+    run = _Run(frame, policy, secret)
+    original = frame
+    if run.schema():
+        run.pii_scan(original)
+        run.consent()
+        run.quality()
+        run.deduplicate()
+        run.missing()
+        run.outliers()
+        run.pii_actions()
+        run.k_anonymity()
+    else:
+        run.pii_scan(original)
+    return run.finish()
+
+
+# --- column helpers ------------------------------------------------------------------------
+def _is_numeric(rule: ColumnRule) -> bool:
+    return rule.type in ("int", "float")
+
+
+def _typed(series: pd.Series, rule: ColumnRule) -> tuple[pd.Series, pd.Series]:
+    """The column in its declared type, and which non-missing values were invalid
+    (not of the type, out of range, or not an allowed category): those become missing."""
+    present = series.notna()
+    if rule.type in ("int", "float"):
+        values = pd.to_numeric(series, errors="coerce").astype("float64")
+        bad = present & values.isna()
+        if rule.type == "int":
+            bad |= values.notna() & (values != np.floor(values))
+        if rule.min is not None:
+            bad |= values < rule.min
+        if rule.max is not None:
+            bad |= values > rule.max
+        return values.where(~bad), bad
+    if rule.type == "bool":
+        text = series.astype("string").str.strip().str.lower()
+        values = pd.Series(pd.NA, index=series.index, dtype="boolean")
+        values[text.isin(TRUE_WORDS).fillna(False)] = True
+        values[text.isin(FALSE_WORDS).fillna(False)] = False
+        return values, present & values.isna()
+    if rule.type == "date":
+        values = pd.to_datetime(series, errors="coerce", format="mixed")
+        return values, present & values.isna()
+    text = series.astype("string").str.strip()
+    if rule.type == "category" and rule.categories is not None:
+        bad = present & ~text.isin(rule.categories).fillna(False)
+        return text.where(~bad), bad
+    return text, pd.Series(False, index=series.index)
+
+
+def _generalize(series: pd.Series, rule: ColumnRule | None) -> pd.Series:
+    spec = rule.generalize if rule is not None else None
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return series.dt.year.astype("Int64")  # a date of birth -> the birth year
+    if pd.api.types.is_numeric_dtype(series):
+        band = spec.band if spec and spec.band else _default_band(series)
+        return np.floor(series / band) * band
+    text = series.astype("string").str.strip()
+    parsed = pd.to_datetime(text, errors="coerce", format="mixed")
+    if parsed.notna().mean() > 0.8:  # dates held as text
+        return parsed.dt.year.astype("Int64")
+    keep = spec.prefix if spec and spec.prefix is not None else 3
+    return text.str.slice(0, keep)
+
+
+def _default_band(series: pd.Series) -> float:
+    span = float(series.max() - series.min()) if series.notna().any() else 0.0
+    return max(span / 20, 1.0)
+
+
+def _small_groups(frame: pd.DataFrame, qi: list[str], k: int) -> pd.Series:
+    sizes = frame.groupby(qi, dropna=False)[qi[0]].transform("size")
+    return sizes < k

@@ -1,0 +1,185 @@
+"""An institution's governance policy: one YAML file, validated with pydantic.
+
+The policy is the institution's own, and nothing the coordinator sends can loosen
+it. A mistake in it is reported with the key path and the YAML line, e.g.
+`policy.yaml line 12, columns.age.min: Input should be a valid number`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aidmp.errors import AidmpError, DeclineCode
+
+Action = Literal["drop", "hash", "generalize", "keep"]
+Tag = Literal["identifier", "quasi-identifier", "sensitive", "public"]
+ColumnType = Literal["int", "float", "str", "category", "bool", "date"]
+
+# What to do with a detected kind of personal data when the column has no rule.
+DEFAULT_PII_ACTIONS: dict[str, Action] = {
+    "email": "drop", "phone": "drop", "credit_card": "drop", "iban": "drop",
+    "ip_address": "drop", "us_ssn": "drop", "cn_resident_id": "drop", "name": "drop",
+    "date_of_birth": "generalize", "postcode": "generalize",
+}  # fmt: skip
+# Detected kinds that identify a person on their own; the rest are quasi-identifiers.
+DIRECT_IDENTIFIERS = frozenset(DEFAULT_PII_ACTIONS) - {"date_of_birth", "postcode"}
+
+
+class GovernanceError(AidmpError):
+    """The policy is invalid, or the data cannot be governed (unreadable, empty)."""
+
+    decline_code = DeclineCode.GOVERNANCE
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Generalize(_Strict):
+    """How `generalize` coarsens a column: numbers to bands, strings to a prefix,
+    dates to a year."""
+
+    band: float | None = Field(None, gt=0, description="numbers: width of a band, e.g. 10")
+    prefix: int | None = Field(None, ge=0, description="strings: characters kept, e.g. 3")
+
+
+class ColumnRule(_Strict):
+    type: ColumnType
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = None
+    tag: Tag = "public"
+    pii: Action | None = None
+    generalize: Generalize | None = None
+    max_missing_rate: float | None = Field(None, ge=0, le=1)
+
+
+class Consent(_Strict):
+    column: str
+    # YAML reads an unquoted yes/no as a boolean; accept that and mean the words.
+    accepted: list[str | bool | int] = Field(min_length=1)
+
+    def accepted_words(self) -> set[str]:
+        words: set[str] = set()
+        for value in self.accepted:
+            if isinstance(value, bool):
+                words |= {"yes", "true", "y", "1"} if value else {"no", "false", "n", "0"}
+            else:
+                words.add(str(value).strip().lower())
+        return words
+
+
+class KAnonymity(_Strict):
+    quasi_identifiers: list[str] = Field(min_length=1)
+    k: int = Field(5, ge=2)
+    action: Literal["suppress", "generalize", "decline"] = "suppress"
+
+
+class Outliers(_Strict):
+    method: Literal["none", "robust", "isolation-forest"] = "robust"
+    threshold: float = Field(3.5, gt=0, description="robust: |x - median| / (1.4826 MAD)")
+    action: Literal["flag", "drop"] = "flag"
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    institution: str | None = None
+    label: str
+    columns: dict[str, ColumnRule] = Field(min_length=1)
+    consent: Consent | None = None
+    pii_by_type: dict[str, Action] = Field(default_factory=lambda: dict(DEFAULT_PII_ACTIONS))
+    unexpected_columns: Literal["drop", "decline"] = "drop"
+    k_anonymity: KAnonymity | None = None
+    min_rows: int = Field(50, ge=1)
+    max_missing_rate: float = Field(0.2, ge=0, le=1)
+    # Rows missing the label or a non-nullable column always go. For nullable columns:
+    # drop-rows also drops those rows, impute fills median/mode, keep leaves them.
+    missing: Literal["drop-rows", "impute", "keep"] = "drop-rows"
+    deduplicate: bool = True
+    outliers: Outliers = Outliers()
+    min_count: int = Field(10, ge=1, description="no figure over fewer rows leaves the site")
+    encoding: str = "utf-8"
+    delimiter: str | None = Field(None, description="CSV delimiter; None: sniff it")
+    hash_secret_env: str = Field(
+        "AIDMP_SITE_SECRET", description="environment variable holding the HMAC key for hash"
+    )
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Policy:
+        known = set(self.columns)
+        refs = [("label", self.label)]
+        if self.consent is not None:
+            refs.append(("consent.column", self.consent.column))
+        if self.k_anonymity is not None:
+            refs += [
+                (f"k_anonymity.quasi_identifiers[{i}]", c)
+                for i, c in enumerate(self.k_anonymity.quasi_identifiers)
+            ]
+        for where, column in refs:
+            if column not in known:
+                raise ValueError(f"{where} names '{column}', which is not under columns")
+        unknown = sorted(set(self.pii_by_type) - set(DEFAULT_PII_ACTIONS))
+        if unknown:
+            raise ValueError(
+                f"pii_by_type has unknown type(s) {', '.join(unknown)}; "
+                f"known: {', '.join(DEFAULT_PII_ACTIONS)}"
+            )
+        return self
+
+    def action_for(self, pii_type: str) -> Action:
+        return self.pii_by_type.get(pii_type, DEFAULT_PII_ACTIONS.get(pii_type, "drop"))
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The YAML line (1-based) of the deepest key in `loc` that exists in the file."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def load_policy(path: Path) -> tuple[Policy, str]:
+    """The validated policy and the SHA-256 of its file (the policy hash in reports)."""
+    if not path.is_file():
+        raise GovernanceError(
+            f"no policy at {path}; draft one with `aidmp govern init DATA --out {path}`"
+        )
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise GovernanceError(f"{path}{where}: YAML syntax error: {problem}") from None
+    if not isinstance(data, dict):
+        raise GovernanceError(f"{path}: a policy is a YAML mapping (key: value), got {data!r}")
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        line = _line_of(root, loc)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        at = f" line {line}," if line else ""
+        raise GovernanceError(f"{path}{at} {where}: {first['msg']}") from None
+    return policy, hashlib.sha256(raw).hexdigest()
