@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
-from flwr.app import Context, Message
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import Message
 
 from aidmp.config import RunConfig
 from privacy.he.keys import COORDINATOR_FILE, INSTITUTION_FILE, key_ceremony, load_context
 from privacy.he.state import UPDATE_KEY, EncryptedGlobal
 from server.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from server.federation import REPORT_NAME, run_federation
-from simulations.runner import prepare, run_flower_simulation
+from server.federation import REPORT_NAME
+from tests.recording import run_recorded
 
 pytestmark = pytest.mark.slow
 INSTITUTIONS = 3
@@ -28,35 +27,8 @@ ALLOWED_NODE_FIELDS = {"institution", "epsilon-spent", "epsilon-round", "delta",
                        "noise-multiplier"}  # fmt: skip
 
 
-class RecordingGrid:
-    """The coordinator's real grid, keeping a copy of every reply that reaches it."""
-
-    def __init__(self, grid: Grid, received: list[Message]) -> None:
-        self._grid, self._received = grid, received
-
-    def pull_messages(self, message_ids):
-        replies = list(self._grid.pull_messages(message_ids))
-        self._received.extend(replies)
-        return replies
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        self._received.extend(replies)
-        return replies
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
-
-
 def _run(cfg: RunConfig, received: list[Message] | None = None) -> None:
-    cfg = prepare(cfg, INSTITUTIONS)
-    app = ServerApp()
-
-    @app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        run_federation(RecordingGrid(grid, received) if received is not None else grid, cfg)
-
-    run_flower_simulation(app, INSTITUTIONS, verbose=False)
+    run_recorded(cfg, INSTITUTIONS, received)
 
 
 @pytest.fixture(scope="module")

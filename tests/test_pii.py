@@ -135,6 +135,7 @@ def test_luhn_rejects_wrong_lengths_and_non_digits():
     assert not luhn_valid("0" * 20)
     assert not luhn_valid("4000 0000 0000 000a")
     assert not luhn_valid("")
+    assert not luhn_valid("\uff14" * 16)  # full-width digits are not ASCII digits
 
 
 def test_card_column_tagged_and_broken_cards_not(rng):
@@ -150,6 +151,13 @@ def test_card_column_tagged_and_broken_cards_not(rng):
 def test_card_numbers_in_an_integer_column_are_cards(rng):
     cards = pd.Series([int(make_card(rng)) for _ in range(200)], dtype="int64", name="n")
     assert types(detect_values(cards)) == ["credit_card"]
+
+
+def test_card_numbers_in_a_float_column_are_checked_as_whole_numbers(rng):
+    # 15 digits: exact in a float64. Fractions never match.
+    cards = pd.Series([float(make_card(rng, 15)) for _ in range(100)], name="n")
+    assert types(detect_values(cards)) == ["credit_card"]
+    assert detect_values(cards + 0.5) == []
 
 
 def test_random_16_digit_numbers_are_not_cards(rng):
@@ -533,6 +541,13 @@ def test_nulls_and_blanks_count_as_missing():
     assert found[0].sampled == 40
     assert detect_values(pd.Series([None, None], dtype=object)) == []
     assert detect_values(pd.Series([], dtype="str")) == []
+
+
+def test_duplicate_index_labels_are_fine(rng):
+    column = pd.Series(make_birth_dates(rng, 100), index=[0, 1] * 50, name="dob")
+    assert types(detect_values(column)) == ["date_of_birth"]
+    frame = pd.DataFrame({"email": make_emails(100)}, index=[7] * 100)
+    assert list(scan_frame(frame)) == ["email"]
 
 
 def test_booleans_and_small_categoricals_skipped():
