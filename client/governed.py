@@ -118,7 +118,15 @@ def _run(
     state_dir: Path | None,
 ) -> Governed:  # fmt: skip
     frame = load()
-    result = govern(frame, policy, site_secret(policy))
+    try:
+        result = govern(frame, policy, site_secret(policy))
+    except GovernanceError:
+        raise
+    except Exception as exc:  # a bug or an unforeseen shape of data: decline, never crash
+        raise GovernanceError(
+            f"governance could not run on this data ({type(exc).__name__}: {exc}); "
+            "run `aidmp govern check DATA --policy P` locally to see where"
+        ) from None
     if state_dir is not None:
         source = key[1] if key[0] == "file" else f"simulated split {key[1:]}"
         write_reports(local_report(result, policy, sha, str(source)), state_dir)

@@ -318,6 +318,7 @@ class _Run:
         if self.result.admitted:
             self.result.frame = self.frame[keep].reset_index(drop=True)
         self.result.report = {
+            "profile": _profile(self.frame[keep]) if self.result.admitted else {},
             "steps": self.steps,
             "pii_findings": getattr(self, "report_findings", {}),
             "training_columns": keep if self.result.admitted else [],
@@ -411,6 +412,22 @@ def _generalize(series: pd.Series, rule: ColumnRule | None) -> pd.Series:
 def _default_band(series: pd.Series) -> float:
     span = float(series.max() - series.min()) if series.notna().any() else 0.0
     return max(span / 20, 1.0)
+
+
+def _profile(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The quality profile of the training frame, for the local report only."""
+    out: dict[str, dict[str, Any]] = {}
+    for column in frame.columns:
+        series = frame[column]
+        info: dict[str, Any] = {"missing_rate": float(series.isna().mean())}
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            info |= {k: float(v) for k, v in series.agg(["min", "max", "mean", "std"]).items()}
+        else:
+            counts = series.value_counts(dropna=True)
+            info |= {"distinct": int(len(counts)),
+                     "top": {str(k): int(v) for k, v in counts.head(5).items()}}  # fmt: skip
+        out[str(column)] = info
+    return out
 
 
 def _small_groups(frame: pd.DataFrame, qi: list[str], k: int) -> pd.Series:

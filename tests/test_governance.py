@@ -168,6 +168,17 @@ def test_hash_is_a_keyed_hmac_and_generalize_coarsens():
     assert result.frame["zip"].str.len().max() == 3
 
 
+def test_keep_leaves_a_detected_column_as_it_was_and_the_profile_covers_it():
+    policy = _policy(
+        columns=_policy().model_dump()["columns"]
+        | {"email": {"type": "str", "pii": "keep", "tag": "public"}}
+    )
+    result = govern(_frame(30), policy, SECRET)
+    assert result.pii["email"] == "email:keep"
+    assert result.frame.loc[0, "email"] == "person0@example.org"
+    assert result.report["profile"]["email"]["distinct"] == 30
+
+
 def test_hashing_without_a_site_secret_is_refused():
     policy = _policy(
         columns=_policy().model_dump()["columns"] | {"email": {"type": "str", "pii": "hash"}}

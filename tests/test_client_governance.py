@@ -1,0 +1,78 @@
+"""A deployed node's own data file and policy: governed, cached, declined with reasons.
+
+The rows are real UCI Adult rows; the identifier columns added to them are made up.
+"""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+
+from aidmp.config import RunConfig
+from aidmp.errors import DeclineCode
+from client import governed as governed_module
+from client.app import train
+from privacy.audit import AUDIT_NAME, verify_audit_log
+from server.federation import round_config_for
+from simulations.runner import bundled_policy
+from simulations.scenarios import made_up_pii
+from tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site")
+    rows = get_task("adult").raw_train().iloc[:600].copy()
+    rows["consent"] = "yes"
+    rows = rows.join(made_up_pii(rows, np.random.default_rng(0)))
+    rows.to_csv(folder / "rows.csv", index=False)
+    return folder
+
+
+def _train(site, node_config):
+    cfg = RunConfig(task="adult", dp=False, out_dir=str(site / "run"))
+    torch.manual_seed(0)
+    model = get_task("adult").build_model()
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": round_config_for(cfg, 1)}
+    )
+    msg = Message(content, dst_node_id=3, message_type="train")
+    context = Context(
+        run_id=5, node_id=3, node_config=node_config, state=RecordDict(), run_config={}
+    )
+    return train(msg, context)
+
+
+def test_a_node_trains_on_its_governed_file_and_reports_aggregates(site, monkeypatch):
+    node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(site / "state"), "name": "hospital-a"}  # fmt: skip
+    calls = []
+    real = governed_module.govern
+    monkeypatch.setattr(governed_module, "govern", lambda *a, **k: calls.append(1) or real(*a, **k))
+    reply = _train(site, node)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    summary = reply.content["governance"]
+    assert summary["decision"] == "admit" and "email=email:drop" in summary["pii-columns"]
+    assert reply.content["metrics"]["num-examples"] < 600
+    assert (site / "state" / "governance-report.html").is_file()
+    _train(site, node)  # the same file and policy: not scanned again
+    assert len(calls) == 1
+    assert verify_audit_log(site / "state" / AUDIT_NAME) == []
+
+
+def test_an_unreadable_file_is_a_decline_not_a_crash(site):
+    (site / "empty.csv").write_bytes(b"")
+    node = {"data": str(site / "empty.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(site / "state2")}  # fmt: skip
+    reply = _train(site, node)
+    assert reply.has_error() and reply.error.code == DeclineCode.GOVERNANCE
+    assert "is empty" in reply.error.reason
+
+
+def test_a_broken_policy_is_a_decline_that_names_the_line(site):
+    (site / "bad.yaml").write_text("label: income\ncolumns:\n  income: {type: text}\n")
+    node = {"data": str(site / "rows.csv"), "policy": str(site / "bad.yaml"),
+            "state-dir": str(site / "state3")}  # fmt: skip
+    reply = _train(site, node)
+    assert reply.has_error() and reply.error.code == DeclineCode.GOVERNANCE
+    assert "line 3, columns.income.type" in reply.error.reason
