@@ -11,6 +11,7 @@ declines with a Flower error reply (code >= 100) and a reason, never a crash.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -18,7 +19,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from aidmp.errors import AidmpError, DeclineCode, HeError
-from client.audit_trail import record_outbound
+from client.audit_trail import audit_mod
 from client.data import dataset_id, institution_name, local_data, node_state_dir
 from client.governed import Governed, governed_data
 from client.mods import client_dp_clipping_mod
@@ -30,20 +31,11 @@ from strategies.client_dp import CLIENT_WEIGHT_KEY
 from tasks import Task, get_task
 from tasks.base import LocalData
 
-app = ClientApp(mods=[client_dp_clipping_mod])
+log = logging.getLogger("aidmp.client")
 
-
-def _audited(kind: str):
-    """Record whatever the handler sends (reply or decline) in the node's audit log."""
-
-    def decorate(handler: Callable[[Message, Context], Message]):
-        def wrapped(msg: Message, context: Context) -> Message:
-            return record_outbound(msg, handler(msg, context), context, kind)
-
-        wrapped.__name__ = handler.__name__
-        return wrapped
-
-    return decorate
+# The audit mod is outermost: it records the exact bytes that leave, after every other
+# mod (such as client-level DP clipping) has had its say.
+app = ClientApp(mods=[audit_mod, client_dp_clipping_mod])
 
 
 def _decline_on_error(handler: Callable[[Message, Context], Message]):
@@ -62,6 +54,13 @@ def _decline_on_error(handler: Callable[[Message, Context], Message]):
         except KeyError as exc:
             code = DeclineCode.BAD_CONFIG
             reason = f"round config lacks key {exc}; coordinator and node versions differ?"
+        except Exception as exc:  # never crash, and never echo data in the reason
+            log.exception("[%s] the %s handler failed", name, handler.__name__)
+            code = DeclineCode.DATA_UNAVAILABLE
+            reason = (
+                f"this node failed with {type(exc).__name__} (details in its own log); "
+                "it sat this round out"
+            )
         return Message(Error(code=code, reason=f"[{name}] {reason}"), reply_to=msg)
 
     wrapped.__name__ = handler.__name__
@@ -104,7 +103,6 @@ def _truthy(value: object) -> bool:
 
 
 @app.train()
-@_audited("train")
 @_decline_on_error
 def train(msg: Message, context: Context) -> Message:
     config, task, data, model, he, governed = _setup(msg, context)
@@ -156,7 +154,6 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
-@_audited("evaluate")
 @_decline_on_error
 def evaluate(msg: Message, context: Context) -> Message:
     _, task, data, model, _, _ = _setup(msg, context)

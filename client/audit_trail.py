@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from flwr.app import Context, Error, Message
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_to_proto
 
 from aidmp.errors import AidmpError
@@ -35,6 +36,11 @@ def _policy_sha(context: Context, config) -> str | None:
     if path is None or not Path(str(path)).is_file():
         return None
     return hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
+
+
+def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """The outermost ClientApp mod: whatever the node is about to send is recorded."""
+    return record_outbound(msg, call_next(msg, context), context, msg.metadata.message_type)
 
 
 def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -> Message:

@@ -15,6 +15,7 @@ reasons that carry no values and no small counts.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class Governed:
     reasons: tuple[str, ...]
 
 
+_log = logging.getLogger("aidmp.client")
 _cache: OrderedDict[tuple[Any, ...], Governed] = OrderedDict()
 
 
@@ -70,7 +72,10 @@ def governed_data(
             "run it without a policy, or choose a tabular task such as adult"
         )
     key, load = _source(node_config, config, policy)
-    cache_key = (key, sha)
+    # Whatever changes the result is in the key: the rows, the policy, the task and seed
+    # (the local split), and the site secret (the hashes), as a digest.
+    secret = site_secret(policy) or b""
+    cache_key = (key, sha, task.name, int(config["seed"]), hashlib.sha256(secret).hexdigest())
     if cache_key in _cache:
         _cache.move_to_end(cache_key)
         governed = _cache[cache_key]
@@ -123,18 +128,26 @@ def _run(
     except GovernanceError:
         raise
     except Exception as exc:  # a bug or an unforeseen shape of data: decline, never crash
+        _log.exception("governance failed on %s", key)
         raise GovernanceError(
-            f"governance could not run on this data ({type(exc).__name__}: {exc}); "
-            "run `aidmp govern check DATA --policy P` locally to see where"
+            f"governance could not run on this data ({type(exc).__name__}; details in the "
+            "node's log); run `aidmp govern check DATA --policy P` locally to see where"
         ) from None
-    if state_dir is not None:
+    if state_dir is not None:  # the full report stays here, at the institution
         source = key[1] if key[0] == "file" else f"simulated split {key[1:]}"
         write_reports(local_report(result, policy, sha, str(source)), state_dir)
     summary = coordinator_summary(result, policy, sha)
     if not result.admitted:
         empty = LocalData(*(pd.DataFrame().to_numpy(),) * 4)
         return Governed(empty, summary, sha, False, tuple(result.reasons))
-    x, y = task.encode(result.frame)
+    try:
+        x, y = task.encode(result.frame)
+    except Exception as exc:  # the policy admitted values the task cannot use
+        _log.exception("encoding the governed frame failed")
+        raise GovernanceError(
+            f"the governed data does not fit task '{task.name}' ({type(exc).__name__}); "
+            "tighten the policy's types and categories to the task's schema"
+        ) from None
     # A stable per-source seed (Python's hash() differs between processes).
     offset = int(hashlib.sha256(repr(key).encode()).hexdigest()[:6], 16)
     train, val = local_split(len(y), seed=seed + offset)

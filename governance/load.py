@@ -53,11 +53,18 @@ def load_table(
         except pd.errors.ParserError as exc:
             raise GovernanceError(f"{path} is not a well-formed CSV ({exc})") from None
     if len(frame.columns) == 1 and any(d in str(frame.columns[0]) for d in ";\t|"):
+        # The header is not quoted here: a file without a header would put data in it.
         raise GovernanceError(
-            f"{path} read as one column named {str(frame.columns[0])[:60]!r}: the delimiter "
-            "looks wrong; set `delimiter:` in the policy"
+            f"{path} read as a single column: the delimiter looks wrong; set `delimiter:` "
+            "in the policy"
         )
     if frame.empty:
         raise GovernanceError(f"{path} has a header but no rows")
-    frame.columns = [str(c).strip() for c in frame.columns]
+    names = [str(c).strip() for c in frame.columns]
+    if len(set(names)) != len(names):
+        raise GovernanceError(
+            f"{path} has {len(names) - len(set(names))} repeated column name(s) (after "
+            "trimming spaces); give every column its own name"
+        )
+    frame.columns = names
     return frame

@@ -91,8 +91,10 @@ class _Run:
         unexpected = [c for c in self.frame.columns if c not in declared]
         if unexpected and self.policy.unexpected_columns == "decline":
             self.decline(
+                f"schema: {len(unexpected)} column(s) not in the policy; add them, or set "
+                "unexpected_columns: drop",
                 f"schema: {len(unexpected)} column(s) not in the policy: "
-                f"{', '.join(map(repr, unexpected))}; add them, or set unexpected_columns: drop"
+                f"{', '.join(map(repr, unexpected))}; add them, or set unexpected_columns: drop",
             )
         self.unexpected = unexpected
         if missing:
@@ -113,16 +115,18 @@ class _Run:
 
     # --- 2. PII scan and tags --------------------------------------------------------
     def pii_scan(self, original: pd.DataFrame) -> None:
-        findings = scan_frame(original)
+        # A categorical column can hold identifiers too (repeat visits): scan it as text.
+        as_text = {c: original[c].astype("string") for c in original.columns
+                   if isinstance(original[c].dtype, pd.CategoricalDtype)}  # fmt: skip
+        findings = scan_frame(original.assign(**as_text) if as_text else original)
         for column in original.columns:
             rule = self.policy.columns.get(column)
             explicit_tag = rule is not None and "tag" in rule.model_fields_set
             found = findings.get(column, [])
             if found:
                 kind = found[0].pii_type
-                action = (rule.pii if rule is not None and rule.pii else None) or (
-                    self.policy.action_for(kind)
-                )
+                # A column the policy does not know never reaches training: it is dropped.
+                action = "drop" if rule is None else rule.pii or self.policy.action_for(kind)
                 self.result.pii[column] = f"{kind}:{action}"
                 tag = "identifier" if kind in DIRECT_IDENTIFIERS else "quasi-identifier"
             elif rule is not None and rule.pii:
@@ -150,12 +154,12 @@ class _Run:
         if rule is None:
             return
         accepted = rule.accepted_words()
-        values = self.frame[rule.column].astype("string").str.strip().str.lower()
+        values = _as_words(self.frame[rule.column])
         self.remove("consent", ~values.isin(accepted).fillna(False), f"accepted: {rule.accepted}")
 
     # --- 4. cleaning -----------------------------------------------------------------------
     def quality(self) -> None:
-        rows = max(self.result.rows_in, 1)
+        rows = max(len(self.frame), 1)  # after consent: the rows that could be used
         for column, rule in self.policy.columns.items():
             n_missing = int(self.frame[column].isna().sum())
             self.result.missing_counts[column] = n_missing
@@ -167,8 +171,13 @@ class _Run:
             )
             if n_missing / rows > limit:
                 bad = self.invalid.get(column, 0)
+                share = (
+                    f"{n_missing / rows:.0%}"
+                    if n_missing >= self.policy.min_count
+                    else ("too often")
+                )  # a rate over fewer than min_count rows stays here
                 self.decline(
-                    f"quality: column '{column}' is {n_missing / rows:.0%} missing or invalid "
+                    f"quality: column '{column}' is {share} missing or invalid "
                     f"(the policy allows {limit:.0%})",
                     f"quality: column '{column}' is {n_missing / rows:.1%} missing "
                     f"({n_missing} rows, {bad} of them invalid values), the policy allows "
@@ -190,7 +199,11 @@ class _Run:
                                index=self.frame.index)  # fmt: skip
         duplicate = pd.Series(False, index=self.frame.index)
         if candidates.any():
-            duplicate[candidates] = self.frame[candidates].duplicated(keep="first")
+            rows = self.frame[candidates]
+            try:
+                duplicate[candidates] = rows.duplicated(keep="first")
+            except TypeError:  # unhashable cells (lists from Parquet): compare as text
+                duplicate[candidates] = rows.astype(str).duplicated(keep="first")
         self.remove("duplicates", duplicate)
 
     def missing(self) -> None:
@@ -241,6 +254,8 @@ class _Run:
 
     # --- 5. PII actions -----------------------------------------------------------------------
     def _dropped(self, column: str) -> bool:
+        if column == self.policy.label:
+            return False  # the admin named it the label; a PII look-alike is kept
         return self.result.pii.get(column, "").endswith(":drop") or (
             self.result.tags.get(column) == "identifier"
             and not self.result.pii.get(column, "").endswith((":hash", ":keep", ":generalize"))
@@ -248,8 +263,12 @@ class _Run:
 
     def pii_actions(self) -> None:
         for column, spec in self.result.pii.items():
-            if column not in self.frame.columns or column not in self.policy.columns:
-                continue  # a column the policy does not know never reaches training
+            if (
+                column not in self.frame.columns
+                or column not in self.policy.columns
+                or column == self.policy.label
+            ):
+                continue  # unknown columns never reach training; the label stays as it is
             action = spec.rsplit(":", 1)[1]
             if action == "hash":
                 self.frame[column] = self._hash(self.frame[column])
@@ -272,7 +291,9 @@ class _Run:
         spec = self.policy.k_anonymity
         if spec is None or self.frame.empty:
             return
-        qi = list(spec.quasi_identifiers)
+        qi = [c for c in spec.quasi_identifiers if not self._dropped(c)]
+        if not qi:  # every quasi-identifier was dropped as PII: nothing left to link on
+            return
         small = _small_groups(self.frame, qi, spec.k)
         if small.any() and spec.action == "generalize":
             for column in qi:
@@ -280,12 +301,13 @@ class _Run:
                 if _is_numeric(rule):
                     band = (rule.generalize.band if rule.generalize and rule.generalize.band
                             else _default_band(self.frame[column]))  # fmt: skip
-                    for _ in range(5):  # widen the bands until the groups are large enough
+                    original = self.frame[column]
+                    for _ in range(6):  # the configured band, then wider, until groups fit
                         if not small.any():
                             break
-                        band *= 2
-                        self.frame[column] = np.floor(self.frame[column] / band) * band
+                        self.frame[column] = np.floor(original / band) * band
                         small = _small_groups(self.frame, qi, spec.k)
+                        band *= 2
         n_small = int(small.sum())
         if n_small and spec.action == "decline":
             self.decline(
@@ -310,7 +332,8 @@ class _Run:
             )
         keep = [
             c for c in self.policy.columns
-            if not self._dropped(c)
+            if c == self.policy.label
+            or not self._dropped(c)
             and self.result.tags.get(c) != "identifier"
             and (self.policy.consent is None or c != self.policy.consent.column)
         ]  # fmt: skip
@@ -370,7 +393,7 @@ def _typed(series: pd.Series, rule: ColumnRule) -> tuple[pd.Series, pd.Series]:
     present = series.notna()
     if rule.type in ("int", "float"):
         values = pd.to_numeric(series, errors="coerce").astype("float64")
-        bad = present & values.isna()
+        bad = present & ~np.isfinite(values.fillna(np.inf))  # not a number, or ±inf
         if rule.type == "int":
             bad |= values.notna() & (values != np.floor(values))
         if rule.min is not None:
@@ -385,13 +408,25 @@ def _typed(series: pd.Series, rule: ColumnRule) -> tuple[pd.Series, pd.Series]:
         values[text.isin(FALSE_WORDS).fillna(False)] = False
         return values, present & values.isna()
     if rule.type == "date":
-        values = pd.to_datetime(series, errors="coerce", format="mixed")
+        values = pd.to_datetime(series, errors="coerce", format="mixed", utc=True)
         return values, present & values.isna()
     text = series.astype("string").str.strip()
     if rule.type == "category" and rule.categories is not None:
         bad = present & ~text.isin(rule.categories).fillna(False)
         return text.where(~bad), bad
     return text, pd.Series(False, index=series.index)
+
+
+def _as_words(series: pd.Series) -> pd.Series:
+    """Values as lower-case words: 1.0 -> "1", True -> "true", " Yes" -> "yes"."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.map({True: "true", False: "false"}).astype("string")
+    if pd.api.types.is_numeric_dtype(series):
+        whole = series.notna() & (series == np.floor(series))
+        text = series.astype("string")
+        text[whole] = series[whole].astype("int64").astype("string")
+        return text
+    return series.astype("string").str.strip().str.lower()
 
 
 def _generalize(series: pd.Series, rule: ColumnRule | None) -> pd.Series:

@@ -2,8 +2,8 @@
 
 The summary holds aggregates only. Every count of rows below the policy's
 `min_count` (other than zero, which describes no one) is withheld and named under
-`withheld`. The number of rows in the input is never sent, so a withheld count
-cannot be recovered by subtracting the others from it.
+`withheld`. The number of rows in the input is never sent, and missing rates go in
+steps of 5%, so a withheld count cannot be recovered by subtraction.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def coordinator_summary(
         put("k-achieved", result.k_achieved)
     for column, n in sorted(result.missing_counts.items()):
         if n == 0 or n >= floor:
-            out[f"missing-rate:{column}"] = round(result.missing_rates[column], 4)
+            # In steps of 5%: an exact rate would give away the row count it divides by,
+            # and with it any withheld count (rows-used + removed-* = that count).
+            out[f"missing-rate:{column}"] = round(result.missing_rates[column] * 20) / 20
         else:
             withheld.append(f"missing-rate:{column}")
     out["pii-columns"] = sorted(f"{c}={a}" for c, a in result.pii.items())

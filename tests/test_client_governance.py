@@ -3,15 +3,19 @@
 The rows are real UCI Adult rows; the identifier columns added to them are made up.
 """
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
 
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
 from client import governed as governed_module
-from client.app import train
+from client.app import app
 from privacy.audit import AUDIT_NAME, verify_audit_log
 from server.federation import round_config_for
 from simulations.runner import bundled_policy
@@ -40,7 +44,7 @@ def _train(site, node_config):
     context = Context(
         run_id=5, node_id=3, node_config=node_config, state=RecordDict(), run_config={}
     )
-    return train(msg, context)
+    return app(msg, context)  # the whole ClientApp, mods (the audit trail) included
 
 
 def test_a_node_trains_on_its_governed_file_and_reports_aggregates(site, monkeypatch):
@@ -76,3 +80,32 @@ def test_a_broken_policy_is_a_decline_that_names_the_line(site):
     reply = _train(site, node)
     assert reply.has_error() and reply.error.code == DeclineCode.GOVERNANCE
     assert "line 3, columns.income.type" in reply.error.reason
+
+
+def test_a_failure_inside_the_node_is_an_audited_decline_without_data(site, monkeypatch):
+    def broken(frame):
+        raise ValueError("could not convert string to float: 'Jane Doe'")  # made-up value
+
+    import dataclasses
+
+    import tasks.adult
+
+    monkeypatch.setattr(tasks.adult, "TASK", dataclasses.replace(tasks.adult.TASK, encode=broken))
+    governed_module._cache.clear()
+    node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(site / "state4")}  # fmt: skip
+    reply = _train(site, node)
+    assert reply.has_error() and "Jane" not in reply.error.reason
+    assert "ValueError" in reply.error.reason
+    records = [json.loads(x) for x in (site / "state4" / AUDIT_NAME).read_text().splitlines()]
+    assert records[-1]["kind"] == "train-decline"
+
+
+def test_the_audit_log_hashes_exactly_what_left(site):
+    node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(site / "state5")}  # fmt: skip
+    reply = _train(site, node)
+    sent = recorddict_to_proto(reply.content).SerializeToString(deterministic=True)
+    (record,) = [json.loads(x) for x in (site / "state5" / AUDIT_NAME).read_text().splitlines()]
+    assert record["payload_sha256"] == hashlib.sha256(sent).hexdigest()
+    assert record["payload_bytes"] == len(sent)

@@ -266,3 +266,47 @@ def test_govern_init_then_check_passes_and_a_broken_file_fails(tmp_path):
     _frame().drop(columns=["age"]).to_csv(data, index=False)
     bad = _aidmp("govern", "check", str(data), "--policy", str(policy))
     assert bad.returncode == 1 and "FAIL: schema: column 'age' missing" in bad.stdout
+
+
+# --- regressions found in review -------------------------------------------------------
+def test_identifiers_in_a_categorical_column_are_found_and_dropped():
+    frame = _frame(200)
+    frame["contact"] = pd.Categorical([f"p{i % 40}@example.org" for i in range(200)])
+    policy = _policy(columns=_policy().model_dump()["columns"] | {"contact": {"type": "str"}})
+    result = govern(frame, policy, SECRET)
+    assert result.pii["contact"] == "email:drop" and "contact" not in result.frame.columns
+
+
+def test_a_numeric_consent_column_matches_its_accepted_values():
+    frame = _frame(100)
+    frame["consent"] = [1] * 90 + [0] * 10
+    policy = _policy(
+        columns=_policy().model_dump()["columns"] | {"consent": {"type": "int"}},
+        consent={"column": "consent", "accepted": ["1"]},
+    )
+    result = govern(frame, policy, SECRET)
+    assert result.removed["consent"] == 10 and len(result.frame) == 90
+
+
+def test_the_label_is_kept_even_if_it_looks_like_personal_data():
+    frame = _frame(100).rename(columns={"y": "mobile"})
+    columns = _policy().model_dump()["columns"]
+    columns["mobile"] = columns.pop("y")
+    result = govern(frame, _policy(label="mobile", columns=columns), SECRET)
+    assert "mobile" in result.frame.columns
+
+
+def test_infinity_is_not_a_valid_number():
+    frame = _frame(100).astype({"age": object})
+    frame.loc[:2, "age"] = "inf"
+    result = govern(frame, _policy(), SECRET)
+    assert result.removed["missing"] == 3
+
+
+def test_unexpected_column_names_stay_out_of_shared_reasons():
+    frame = _frame(50)
+    frame["alice@example.org"] = 1  # a header-less file would put data in the header
+    result = govern(frame, _policy(unexpected_columns="decline"), SECRET)
+    assert not result.admitted
+    assert "alice" not in " ".join(result.reasons)
+    assert "alice" in " ".join(result.local_reasons)
