@@ -432,6 +432,50 @@ def _run_audit_log(args: argparse.Namespace) -> int:
     return 1
 
 
+def _certs_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certs", help="coordinator: a lab CA and the SuperLink's certificate")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    init = verbs.add_parser("init", help="write ca.crt, ca.key, server.pem, server.key")
+    init.add_argument("dir")
+    init.add_argument(
+        "--host",
+        action="append",
+        help="a name or IP the nodes dial (repeatable; default: localhost and 127.0.0.1)",
+    )
+    init.add_argument("--days", type=int, default=365)
+    init.set_defaults(handler=_run_certs)
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from server.certs import init_certs
+
+    for path in init_certs(Path(args.dir), args.host, args.days):
+        print(f"wrote {path}")
+    print("give ca.crt to every node; keep ca.key and server.key on the coordinator")
+    return 0
+
+
+def _node_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="institution: the node's identity")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    keygen = verbs.add_parser("keygen", help="make the node's EC key pair (P-384, OpenSSH)")
+    keygen.add_argument("--out", required=True, help="private key path; OUT.pub is the public")
+    keygen.set_defaults(handler=_run_node)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from client.node_keys import node_keygen
+
+    private, public, digest = node_keygen(Path(args.out))
+    print(f"wrote {private} (private: stays on this node) and {public} (send to the coordinator)")
+    print(f"public key SHA-256 {digest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aidmp", description="Federated learning and analytics for institutions."
@@ -443,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     _keys_parser(sub)
     _govern_parser(sub)
     _audit_log_parser(sub)
+    _certs_parser(sub)
+    _node_parser(sub)
     return parser
 
 

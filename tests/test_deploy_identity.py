@@ -1,0 +1,42 @@
+"""Certificates and node keys for a deployment: what TLS and node authentication need."""
+
+import ssl
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from aidmp.errors import AidmpError
+from client.node_keys import node_keygen
+from server.certs import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, init_certs, server_hosts
+
+
+def test_the_server_certificate_is_signed_by_the_ca_and_names_its_hosts(tmp_path):
+    init_certs(tmp_path, ["coordinator.example.org", "10.0.0.5"])
+    assert server_hosts(tmp_path / SERVER_CERT) == ["coordinator.example.org", "10.0.0.5"]
+    ca = x509.load_pem_x509_certificate((tmp_path / CA_CERT).read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / SERVER_CERT).read_bytes())
+    server.verify_directly_issued_by(ca)  # raises if not
+    # Python's own TLS stack accepts the pair, as gRPC's will.
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / SERVER_CERT, tmp_path / SERVER_KEY)
+    for private in (CA_KEY, SERVER_KEY):
+        assert stat.S_IMODE((tmp_path / private).stat().st_mode) == 0o600
+
+
+def test_certs_are_never_overwritten(tmp_path):
+    init_certs(tmp_path)
+    assert server_hosts(tmp_path / SERVER_CERT) == ["localhost", "127.0.0.1"]
+    with pytest.raises(AidmpError, match="already holds"):
+        init_certs(tmp_path)
+
+
+def test_node_keys_are_p384_openssh_and_owner_only(tmp_path):
+    private, public, digest = node_keygen(tmp_path / "node0")
+    key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
+    assert key.curve.name == "secp384r1"
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and len(digest) == 64
+    with pytest.raises(AidmpError, match="exists"):
+        node_keygen(tmp_path / "node0")
