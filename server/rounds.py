@@ -66,17 +66,23 @@ class RoundRecord:
 _NAMED_REASON = re.compile(r"^\[(?P<name>[^\]]+)\] (?P<reason>.*)$", re.DOTALL)
 
 
-def _failures(replies: Iterable[Message]) -> list[dict[str, object]]:
-    """Failed replies; our nodes put their name in brackets before the reason."""
+def _failures(
+    replies: Iterable[Message], sent_to: dict[str, int] | None = None
+) -> list[dict[str, object]]:
+    """Failed replies; our nodes put their name in brackets before the reason.
+
+    When a node vanishes, the SuperLink answers for it (code 5, from its own node id),
+    so the node is found from the message the reply answers (`sent_to`)."""
     failures = []
     for m in replies:
         if not m.has_error():
             continue
         match = _NAMED_REASON.match(m.error.reason)
+        node = (sent_to or {}).get(m.metadata.reply_to_message_id, m.metadata.src_node_id)
         failures.append(
             {
-                "node": m.metadata.src_node_id,
-                "institution": match["name"] if match else f"node-{m.metadata.src_node_id}",
+                "node": node,
+                "institution": match["name"] if match else f"node-{node}",
                 "code": m.error.code,
                 "reason": match["reason"] if match else m.error.reason,
             }
@@ -127,6 +133,11 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> I
             time.sleep(interval)
 
 
+def _sent_to(messages: list[Message]) -> dict[str, int]:
+    """message id -> destination node, for the messages a grid has pushed."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+
+
 def _institution(reply: Message) -> str:
     node = None if reply.has_error() else reply.content.config_records.get("node")
     if node is not None and "institution" in node:
@@ -144,8 +155,9 @@ def _train_incrementally(
 ) -> tuple[ArrayRecord | None, MetricRecord | None]:
     """Fold replies into the strategy one at a time; record declines and rejections."""
     strategy.begin_train(rnd)
+    messages = list(messages)
     for reply in stream_replies(grid, messages, timeout):
-        record.train_failures += _failures([reply])
+        record.train_failures += _failures([reply], _sent_to(messages))
         record.privacy |= _privacy_spend([reply])
         record.governance |= _governance([reply])
         who = _institution(reply)
@@ -208,8 +220,9 @@ def run_rounds(
                 grid, strategy, messages, rnd, timeout, record
             )
         else:
+            messages = list(messages)
             replies = list(grid.send_and_receive(messages, timeout=timeout))
-            record.train_failures = _failures(replies)
+            record.train_failures = _failures(replies, _sent_to(messages))
             record.train_replies = len(replies) - len(record.train_failures)
             record.privacy = _privacy_spend(replies)
             record.governance = _governance(replies)

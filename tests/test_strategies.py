@@ -157,3 +157,16 @@ def test_client_level_dp_accountant_survives_a_checkpoint():
     restore_strategy_state(resumed, strategy_state(first))
     assert resumed.accountant.num_releases == 3
     assert resumed.accountant.get_epsilon(1e-5) == pytest.approx(first.accountant.get_epsilon(1e-5))
+
+
+def test_a_failure_the_superlink_reports_for_a_vanished_node_names_that_node():
+    from flwr.app import Error, Message, RecordDict
+
+    from server.rounds import _failures
+
+    sent = Message(RecordDict(), dst_node_id=42, message_type="train")
+    sent.metadata.__dict__["_message_id"] = "m-1"
+    reply = Message(Error(code=5, reason="Node Unavailable"), reply_to=sent)
+    reply.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers in the node's place
+    (failure,) = _failures([reply], {"m-1": 42})
+    assert failure["node"] == 42 and failure["institution"] == "node-42"
