@@ -463,6 +463,9 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
     keygen = verbs.add_parser("keygen", help="make the node's EC key pair (P-384, OpenSSH)")
     keygen.add_argument("--out", required=True, help="private key path; OUT.pub is the public")
     keygen.set_defaults(handler=_run_node)
+    start = verbs.add_parser("start", help="run this site's SuperNode (flower-supernode)")
+    _node_start_args(start)
+    start.set_defaults(handler=_run_node_start)
 
 
 def _run_node(args: argparse.Namespace) -> int:
@@ -474,6 +477,108 @@ def _run_node(args: argparse.Namespace) -> int:
     print(f"wrote {private} (private: stays on this node) and {public} (send to the coordinator)")
     print(f"public key SHA-256 {digest}")
     return 0
+
+
+def _coordinator_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("coordinator", help="coordinator: run the SuperLink, register nodes")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    start = verbs.add_parser("start", help="flower-superlink with TLS and node authentication")
+    start.add_argument("--port", type=int, default=9092)
+    start.add_argument("--host", default="0.0.0.0")
+    tls = start.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--certs", help="folder with ca.crt, server.pem, server.key")
+    tls.add_argument("--insecure", action="store_true", help="no TLS, no node auth (tests)")
+    start.add_argument("--state", default="coordinator-state", help="SuperLink database folder")
+    start.set_defaults(handler=_run_coordinator)
+    reg = verbs.add_parser("register-node", help="allow a node's public key to connect")
+    reg.add_argument("public_key")
+    _connection_args(reg)
+    reg.set_defaults(handler=_run_coordinator)
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--superlink", required=True, help="HOST:PORT of the coordinator")
+    tls = p.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--ca", help="the federation's CA certificate (ca.crt)")
+    tls.add_argument("--insecure", action="store_true")
+    p.add_argument("--flwr-home", help="Flower CLI home for the connection (default ~/.aidmp/flwr)")
+
+
+def _run_coordinator(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from server.superlink import OFFLINE_ENV, default_flwr_home, register_node, superlink_command
+
+    if args.verb == "start":
+        cmd = superlink_command(
+            args.port, None if args.insecure else Path(args.certs), Path(args.state), args.host
+        )
+        print("starting: " + " ".join(cmd), flush=True)
+        os.execve(cmd[0], cmd, {**os.environ, **OFFLINE_ENV})  # the SuperLink takes over
+    home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
+    ca = None if args.insecure else Path(args.ca)
+    print(register_node(Path(args.public_key), args.superlink, ca, home))
+    return 0
+
+
+def _node_start_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--superlink", required=True, help="HOST:PORT of the coordinator")
+    p.add_argument("--data", required=True, help="this site's CSV or Parquet file")
+    p.add_argument("--policy", required=True, help="this site's governance policy YAML")
+    p.add_argument("--keys", help="institution.ckks (needed for encrypted runs)")
+    p.add_argument("--ledger", required=True, help="state folder: ledger, audit log, reports")
+    p.add_argument("--node-key", help="private key from `aidmp node keygen`")
+    tls = p.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--ca", help="the federation's CA certificate (ca.crt)")
+    tls.add_argument("--insecure", action="store_true")
+    p.add_argument("--port", type=int, default=9094, help="local ClientApp port (one per node)")
+    p.add_argument("--name", default=None, help="how reports name this site")
+    p.add_argument("--dp-epsilon", type=float, help="this site's DP budget (DP-SGD on)")
+
+
+def _run_node_start(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from client.supernode import node_config, supernode_command
+    from server.superlink import OFFLINE_ENV
+
+    config = node_config(
+        data=Path(args.data), policy=Path(args.policy), state_dir=Path(args.ledger),
+        keys=Path(args.keys) if args.keys else None,
+        name=args.name or Path(args.ledger).resolve().name, dp_epsilon=args.dp_epsilon,
+    )  # fmt: skip
+    cmd = supernode_command(
+        superlink=args.superlink, config=config,
+        node_key=Path(args.node_key) if args.node_key else None,
+        ca=None if args.insecure else Path(args.ca), port=args.port,
+    )  # fmt: skip
+    print("starting: " + " ".join(cmd), flush=True)
+    os.execve(cmd[0], cmd, {**os.environ, **OFFLINE_ENV})
+    return 0  # not reached
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="coordinator: submit a run to the SuperLink and follow it")
+    _connection_args(p)
+    p.add_argument("--run-config", default="", help='e.g. "num-rounds=5 he=true dp=true"')
+    p.add_argument("--app", default=".", help="the Flower App folder (this project)")
+    p.set_defaults(handler=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from server.superlink import default_flwr_home, flower_tool, flwr_env, write_connection
+
+    home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
+    name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
+    cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
+    if args.run_config:
+        cmd += ["--run-config", args.run_config]
+    return subprocess.run(cmd, env=flwr_env(home)).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_log_parser(sub)
     _certs_parser(sub)
     _node_parser(sub)
+    _coordinator_parser(sub)
+    _run_parser(sub)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""The coordinator's side of a deployment: Flower's SuperLink, with TLS and node auth.
+
+`aidmp coordinator start` runs `flower-superlink` with TLS, SuperNode authentication
+and runtime dependency installation off (sites may have no internet), on one port:
+SuperNodes, `flwr run` and `flwr supernode register` all dial it. Its state (the
+registered nodes, runs) lives in `--state DIR/superlink.db`, so a restarted
+coordinator keeps them. `aidmp coordinator register-node` and `aidmp run` talk to it
+through a Flower connection written to `$FLWR_HOME/config.toml`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from aidmp.errors import AidmpError
+from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
+
+CONNECTION = "aidmp"  # the connection name in $FLWR_HOME/config.toml
+OFFLINE_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+def flower_tool(name: str) -> str:
+    """A Flower executable installed beside this Python, or on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if not found:
+        raise AidmpError(f"{name} not found; install aidmp's dependencies (flwr) first")
+    return found
+
+
+def superlink_command(
+    port: int, certs: Path | None, state: Path, host: str = "0.0.0.0"
+) -> list[str]:
+    """The flower-superlink command line; `certs` None means --insecure (no node auth)."""
+    state.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        flower_tool("flower-superlink"),
+        "--host", host, "--port", str(port),
+        "--database", str(state / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]  # fmt: skip
+    if certs is None:
+        return [*cmd, "--insecure"]
+    missing = [n for n in (CA_CERT, SERVER_CERT, SERVER_KEY) if not (certs / n).is_file()]
+    if missing:
+        raise AidmpError(
+            f"{certs} lacks {', '.join(missing)}; run `aidmp certs init {certs}` or copy your "
+            "CA's files there"
+        )
+    return [
+        *cmd,
+        "--ssl-ca-certfile", str(certs / CA_CERT),
+        "--ssl-certfile", str(certs / SERVER_CERT),
+        "--ssl-keyfile", str(certs / SERVER_KEY),
+        "--enable-supernode-auth",
+    ]  # fmt: skip
+
+
+def default_flwr_home() -> Path:
+    """aidmp's own Flower CLI home, so a user's ~/.flwr/config.toml is never rewritten."""
+    return Path(os.environ.get("AIDMP_FLWR_HOME", Path.home() / ".aidmp" / "flwr"))
+
+
+def write_connection(flwr_home: Path, superlink: str, ca: Path | None) -> str:
+    """Point Flower's CLI at the SuperLink (`[superlink.aidmp]`); returns the name."""
+    if ca is not None and not ca.is_file():
+        raise AidmpError(f"no CA certificate at {ca}; the coordinator gives you ca.crt")
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = [f'[superlink]\ndefault = "{CONNECTION}"\n', f"[superlink.{CONNECTION}]",
+             f'address = "{superlink}"']  # fmt: skip
+    lines.append(f'root-certificates = "{ca.resolve()}"' if ca else "insecure = true")
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+    return CONNECTION
+
+
+def flwr_env(flwr_home: Path) -> dict[str, str]:
+    venv_bin = str(Path(flower_tool("flwr")).parent)
+    return {
+        **os.environ,
+        **OFFLINE_ENV,
+        "FLWR_HOME": str(flwr_home),
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+    }
+
+
+def register_node(public_key: Path, superlink: str, ca: Path | None, flwr_home: Path) -> str:
+    """Register a node's public key with the SuperLink; returns Flower's answer."""
+    if not public_key.is_file():
+        raise AidmpError(
+            f"no public key at {public_key}; the node makes it with `aidmp node keygen`"
+        )
+    name = write_connection(flwr_home, superlink, ca)
+    result = subprocess.run(
+        [flower_tool("flwr"), "supernode", "register", str(public_key), name],
+        env=flwr_env(flwr_home), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise AidmpError(
+            f"registering {public_key} failed: {(result.stdout + result.stderr).strip()[-400:]}"
+        )
+    return result.stdout.strip()
