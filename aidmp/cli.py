@@ -535,6 +535,8 @@ def _node_start_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=9094, help="local ClientApp port (one per node)")
     p.add_argument("--name", default=None, help="how reports name this site")
     p.add_argument("--dp-epsilon", type=float, help="this site's DP budget (DP-SGD on)")
+    p.add_argument("--max-retries", type=int, help="give up after N failed connections")
+    p.add_argument("--max-wait-time", type=float, help="give up after S seconds of retrying")
 
 
 def _run_node_start(args: argparse.Namespace) -> int:
@@ -554,6 +556,10 @@ def _run_node_start(args: argparse.Namespace) -> int:
         node_key=Path(args.node_key) if args.node_key else None,
         ca=None if args.insecure else Path(args.ca), port=args.port,
     )  # fmt: skip
+    if args.max_retries is not None:
+        cmd += ["--max-retries", str(args.max_retries)]
+    if args.max_wait_time is not None:
+        cmd += ["--max-wait-time", str(args.max_wait_time)]
     print("starting: " + " ".join(cmd), flush=True)
     os.execve(cmd[0], cmd, {**os.environ, **OFFLINE_ENV})
     return 0  # not reached

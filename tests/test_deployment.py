@@ -98,8 +98,18 @@ def test_tls_node_auth_three_nodes_he_dp_governance(tmp_path):
                            "--node-key", str(tmp_path / "node3.key"), "--port", str(_free_port())],
                           env, tmp_path / "stranger.log")  # fmt: skip
         procs.append(stranger)
+        # A node that will not speak TLS is never let in (it gives up after its retries).
+        plain = _start(["node", "start", "--superlink", f"127.0.0.1:{port}", "--insecure",
+                        "--data", str(tmp_path / "site0" / "rows.csv"),
+                        "--policy", str(bundled_policy("adult")),
+                        "--ledger", str(tmp_path / "plain"), "--port", str(_free_port()),
+                        "--max-retries", "2", "--max-wait-time", "20"],
+                       env, tmp_path / "plain.log")  # fmt: skip
+        procs.append(plain)
         assert stranger.wait(timeout=180) != 0
         assert "Failed to activate SuperNode" in (tmp_path / "stranger.log").read_text()
+        assert plain.wait(timeout=180) != 0
+        assert "Server disconnected" in (tmp_path / "plain.log").read_text()
 
         out = tmp_path / "out"
         run_config = (
