@@ -67,12 +67,15 @@ _NAMED_REASON = re.compile(r"^\[(?P<name>[^\]]+)\] (?P<reason>.*)$", re.DOTALL)
 
 
 def _failures(
-    replies: Iterable[Message], sent_to: dict[str, int] | None = None
+    replies: Iterable[Message],
+    sent_to: dict[str, int] | None = None,
+    names: dict[int, str] | None = None,
 ) -> list[dict[str, object]]:
     """Failed replies; our nodes put their name in brackets before the reason.
 
     When a node vanishes, the SuperLink answers for it (code 5, from its own node id),
-    so the node is found from the message the reply answers (`sent_to`)."""
+    so the node is found from the message the reply answers (`sent_to`), and named as
+    it named itself in an earlier reply (`names`)."""
     failures = []
     for m in replies:
         if not m.has_error():
@@ -82,7 +85,7 @@ def _failures(
         failures.append(
             {
                 "node": node,
-                "institution": match["name"] if match else f"node-{node}",
+                "institution": match["name"] if match else (names or {}).get(node, f"node-{node}"),
                 "code": m.error.code,
                 "reason": match["reason"] if match else m.error.reason,
             }
@@ -133,6 +136,13 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> I
             time.sleep(interval)
 
 
+def _learn_names(replies: Iterable[Message], names: dict[int, str]) -> None:
+    """Remember how each node names itself, to name it if it later vanishes."""
+    for m in replies:
+        if not m.has_error() and "node" in m.content.config_records:
+            names[m.metadata.src_node_id] = _institution(m)
+
+
 def _sent_to(messages: list[Message]) -> dict[str, int]:
     """message id -> destination node, for the messages a grid has pushed."""
     return {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
@@ -152,12 +162,14 @@ def _train_incrementally(
     rnd: int,
     timeout: float,
     record: RoundRecord,
+    names: dict[int, str],
 ) -> tuple[ArrayRecord | None, MetricRecord | None]:
     """Fold replies into the strategy one at a time; record declines and rejections."""
     strategy.begin_train(rnd)
     messages = list(messages)
     for reply in stream_replies(grid, messages, timeout):
-        record.train_failures += _failures([reply], _sent_to(messages))
+        _learn_names([reply], names)
+        record.train_failures += _failures([reply], _sent_to(messages), names)
         record.privacy |= _privacy_spend([reply])
         record.governance |= _governance([reply])
         who = _institution(reply)
@@ -206,6 +218,7 @@ def run_rounds(
     `round_config(rnd)` builds a fresh ConfigRecord for each send (strategies add
     keys to it), with what a node needs to find its data and train.
     """
+    names: dict[int, str] = {}  # node id -> institution, as nodes name themselves
     for rnd in range(first_round, last_round + 1):
         started = time.monotonic()
         # Flower samples nodes with Python's `random`. Seeding per round makes a run
@@ -217,12 +230,13 @@ def run_rounds(
         messages = strategy.configure_train(rnd, arrays, round_config(rnd), grid)
         if isinstance(strategy, IncrementalStrategy):
             new_arrays, train_metrics = _train_incrementally(
-                grid, strategy, messages, rnd, timeout, record
+                grid, strategy, messages, rnd, timeout, record, names
             )
         else:
             messages = list(messages)
             replies = list(grid.send_and_receive(messages, timeout=timeout))
-            record.train_failures = _failures(replies, _sent_to(messages))
+            _learn_names(replies, names)
+            record.train_failures = _failures(replies, _sent_to(messages), names)
             record.train_replies = len(replies) - len(record.train_failures)
             record.privacy = _privacy_spend(replies)
             record.governance = _governance(replies)

@@ -143,3 +143,72 @@ def test_tls_node_auth_three_nodes_he_dp_governance(tmp_path):
         assert verify_audit_log(state / AUDIT_NAME) == []
         ledger = json.loads((state / LEDGER_NAME).read_text())
         assert len(ledger["body"]["entries"]) == 2  # two rounds charged, each once
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups")
+def test_a_node_killed_mid_run_leaves_the_round_to_the_others(tmp_path):
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    home = str(tmp_path / "flwr-home")
+    env = {**os.environ, "FLWR_HOME": home, "AIDMP_FLWR_HOME": home, "PATH": path}
+    certs = tmp_path / "certs"
+    assert _aidmp("certs", "init", str(certs), env=env).returncode == 0
+    rows = get_task("adult").raw_train()
+    port, procs = _free_port(), []
+    out = tmp_path / "out"
+    try:
+        procs.append(_start(["coordinator", "start", "--port", str(port), "--host", "127.0.0.1",
+                             "--certs", str(certs), "--state", str(tmp_path / "link")],
+                            env, tmp_path / "superlink.log"))  # fmt: skip
+        _wait_healthy(port, certs / "ca.crt")
+        link = ["--superlink", f"127.0.0.1:{port}", "--ca", str(certs / "ca.crt")]
+        nodes = {}
+        for i in range(3):
+            assert (
+                _aidmp("node", "keygen", "--out", str(tmp_path / f"n{i}.key"), env=env).returncode
+                == 0
+            )
+            reg = _aidmp(
+                "coordinator", "register-node", str(tmp_path / f"n{i}.key.pub"), *link, env=env
+            )
+            assert reg.returncode == 0, reg.stdout + reg.stderr
+            site = tmp_path / f"site{i}"
+            site.mkdir()
+            rows.iloc[i * 400 : (i + 1) * 400].assign(consent="yes").to_csv(
+                site / "rows.csv", index=False
+            )
+            nodes[i] = _start(["node", "start", *link, "--data", str(site / "rows.csv"),
+                               "--policy", str(bundled_policy("adult")),
+                               "--ledger", str(site / "state"), "--name", f"site-{i}",
+                               "--node-key", str(tmp_path / f"n{i}.key"),
+                               "--port", str(_free_port())],
+                              env, tmp_path / f"node{i}.log")  # fmt: skip
+            procs.append(nodes[i])
+        run_config = (
+            f"task='adult' num-rounds=2 partition='iid' out-dir='{out}' dp=false "
+            "fraction-evaluate=0.0 min-available-nodes=2 min-nodes=2 round-timeout=240"
+        )
+        run = subprocess.Popen([*AIDMP, "run", *link, "--run-config", run_config, "--app",
+                                str(ROOT)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        procs.append(run)
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.npz").exists():  # round 1 is done
+            assert time.monotonic() < deadline and run.poll() is None, "round 1 never ended"
+            time.sleep(1)
+        os.killpg(nodes[2].pid, signal.SIGKILL)  # site-2 vanishes before round 2
+        assert run.wait(timeout=420) == 0
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    report = json.loads((out / "report.json").read_text())
+    first, second = report["per_round"]
+    assert first["train_replies"] == 3 and second["aggregated"]
+    assert second["train_replies"] == 2
+    (lost,) = second["train_failures"]
+    assert lost["institution"] == "site-2"  # named, though the SuperLink reported it
