@@ -196,6 +196,17 @@ def _governance(replies: Iterable[Message]) -> dict[str, dict[str, object]]:
     return out
 
 
+def wait_for_nodes(grid: Grid, strategy: Strategy, timeout: float) -> None:
+    """Wait until `min_available_nodes` are connected. Flower's FedAvg sizes its sample
+    from the nodes connected *before* it waits for them, so a round that starts while a
+    node is still connecting would leave that node out (FLOWER_NOTES' sampling quirk)."""
+    inner = getattr(strategy, "strategy", strategy)  # client-level DP wraps the strategy
+    wanted = int(getattr(inner, "min_available_nodes", 0))
+    deadline = time.monotonic() + timeout
+    while len(list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:
     return float(metrics[key]) if metrics is not None and key in metrics else None
 
@@ -225,6 +236,7 @@ def run_rounds(
         # repeatable, and a resumed run sample exactly as an uninterrupted one.
         random.seed(seed * 100_003 + rnd)
         record = RoundRecord(round=rnd)
+        wait_for_nodes(grid, strategy, timeout)
 
         # --- training at the institutions -----------------------------------
         messages = strategy.configure_train(rnd, arrays, round_config(rnd), grid)
