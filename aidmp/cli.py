@@ -543,8 +543,8 @@ def _run_node_start(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from aidmp.flower_tools import OFFLINE_ENV
     from client.supernode import node_config, supernode_command
-    from server.superlink import OFFLINE_ENV
 
     config = node_config(
         data=Path(args.data), policy=Path(args.policy), state_dir=Path(args.ledger),
@@ -577,7 +577,8 @@ def _run_run(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    from server.superlink import default_flwr_home, flower_tool, flwr_env, write_connection
+    from aidmp.flower_tools import flower_tool
+    from server.superlink import default_flwr_home, flwr_env, write_connection
 
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from aidmp.errors import AidmpError
+from aidmp.flower_tools import flower_tool
 from governance.policy import load_policy
 from privacy.he.keys import load_context
-from server.superlink import flower_tool
 
 
 def _quoted(value: str) -> str:

@@ -11,25 +11,14 @@ through a Flower connection written to `$FLWR_HOME/config.toml`.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from aidmp.errors import AidmpError
+from aidmp.flower_tools import OFFLINE_ENV, flower_tool
 from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 
 CONNECTION = "aidmp"  # the connection name in $FLWR_HOME/config.toml
-OFFLINE_ENV = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-
-
-def flower_tool(name: str) -> str:
-    """A Flower executable installed beside this Python, or on PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if not found:
-        raise AidmpError(f"{name} not found; install aidmp's dependencies (flwr) first")
-    return found
 
 
 def superlink_command(
