@@ -570,6 +570,12 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     _connection_args(p)
     p.add_argument("--run-config", default="", help='e.g. "num-rounds=5 he=true dp=true"')
     p.add_argument("--app", default=".", help="the Flower App folder (this project)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the job from OUT/checkpoint.npz (after a coordinator restart); "
+        "the same as resume=true in --run-config",
+    )
     p.set_defaults(handler=_run_run)
 
 
@@ -583,8 +589,9 @@ def _run_run(args: argparse.Namespace) -> int:
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
     cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
-    if args.run_config:
-        cmd += ["--run-config", args.run_config]
+    run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
+    if run_config.strip():
+        cmd += ["--run-config", run_config.strip()]
     return subprocess.run(cmd, env=flwr_env(home)).returncode
 
 

@@ -12,6 +12,9 @@ class DeclineCode:
     PRIVACY_POLICY = 103  # the node's DP policy or ledger is invalid or unverifiable
     HE_KEYS = 104  # CKKS keys missing, of the wrong kind, or not the run's; bad ciphertext
     GOVERNANCE = 105  # the node's data governance declined: schema, quality, consent, k
+    # Never sent by a node: the coordinator records it for a node that did not answer
+    # within the round timeout (it may be slow, cut off, or gone without a word).
+    NO_REPLY = 106
 
 
 class AidmpError(Exception):

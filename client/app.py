@@ -25,7 +25,7 @@ from client.governed import Governed, governed_data
 from client.mods import client_dp_clipping_mod
 from privacy.he.node import HeRound
 from privacy.he.state import UPDATE_KEY, WIRE_KEY
-from privacy.node_round import train_private_round
+from privacy.node_round import release_seed, train_private_round
 from privacy.policy import resolve_dp_policy
 from strategies.client_dp import CLIENT_WEIGHT_KEY
 from tasks import Task, get_task
@@ -68,7 +68,8 @@ def _decline_on_error(handler: Callable[[Message, Context], Message]):
 
 
 def _round_seed(config: ConfigRecord, context: Context) -> int:
-    # Distinct per run seed, round and node, and the same on a rerun.
+    # Distinct per run seed, round and node. Under DP at a node with its own data,
+    # `release_seed` replaces it with secret randomness (privacy/node_round.py).
     node = int(context.node_config.get("partition-id", context.node_id))  # type: ignore[arg-type]
     return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + node  # type: ignore[arg-type]
 
@@ -120,6 +121,7 @@ def train(msg: Message, context: Context) -> Message:
         loss = task.train(model, data.x_train, data.y_train, **hyper)
     else:
         # Where a budget is charged: privacy/node_round.py, before and after DP-SGD.
+        hyper["seed"] = release_seed(hyper["seed"], own_data="data" in context.node_config)
         loss, spend = train_private_round(
             model,
             data,
@@ -128,6 +130,8 @@ def train(msg: Message, context: Context) -> Message:
             run_id=str(context.run_id),
             server_round=int(config["server-round"]),  # type: ignore[arg-type]
             num_rounds=int(config["num-rounds"]),  # type: ignore[arg-type]
+            job_id=str(config.get("job-id", "")) or None,
+            message_id=msg.metadata.message_id,
             **hyper,
         )
         node |= spend.as_record()

@@ -216,13 +216,39 @@ class PrivacyLedger:
             )
         return after
 
-    def charge(self, charge: Charge, *, run_id: str, round: int) -> float:
-        """Record a round that was trained; returns ε spent so far. Written atomically."""
+    def releases_of(self, job_id: str, round: int) -> int:
+        """How many updates this node has released for `round` of training job `job_id`."""
+        return sum(
+            1
+            for e in self._body["entries"]
+            if e.get("job_id", e["run_id"]) == job_id and e["round"] == round
+        )
+
+    def charge(
+        self,
+        charge: Charge,
+        *,
+        run_id: str,
+        round: int,
+        job_id: str | None = None,
+        message_id: str = "",
+    ) -> float:
+        """Record one release (a trained update about to leave); returns ε spent so far.
+
+        Written atomically, before the update is handed to Flower to send: an update
+        never leaves uncharged, and one cut short by a crash stays charged. `job_id`
+        names the training job across coordinator restarts (each restart is a new Flower
+        run); a round of a job released again is entered again, as release 2, 3, ...
+        """
         after = self.epsilon_after(charge)
+        job_id = job_id or run_id
         self._body["entries"].append(
             {
                 "run_id": run_id,
+                "job_id": job_id,
                 "round": round,
+                "release": self.releases_of(job_id, round) + 1,
+                "message_id": message_id,
                 "noise_multiplier": charge.noise_multiplier,
                 "sample_rate": charge.sample_rate,
                 "steps": charge.steps,

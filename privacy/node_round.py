@@ -6,6 +6,7 @@ and charged with exactly what Opacus's accountant recorded.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -26,9 +27,25 @@ class PrivacySpend:
     delta: float
     budget_left: float
     noise_multiplier: float
+    release: int  # 1, or 2, 3, ... for a round of a job released again after a restart
 
     def as_record(self) -> dict[str, float]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+
+def release_seed(round_seed: int, *, own_data: bool) -> int:
+    """The seed of DP-SGD's Poisson sampling and noise for one release.
+
+    A simulated institution's rows and seeds all belong to the researcher, so its noise
+    follows the run seed and a run can be repeated exactly. A node with its own data
+    draws fresh secret randomness for every release instead, for two reasons: the run
+    seed comes from the coordinator, who could otherwise regenerate the noise and
+    subtract it; and two releases under the same noise (a round re-run after a restart,
+    from a model the coordinator may have changed) would let their difference cancel it.
+    """
+    if not own_data:
+        return round_seed
+    return secrets.randbits(63)
 
 
 def open_ledger(policy: DPPolicy, dataset_id: str) -> PrivacyLedger:
@@ -82,6 +99,8 @@ def train_private_round(
     server_round: int,
     num_rounds: int,
     epochs: int,
+    job_id: str | None = None,
+    message_id: str = "",
     batch_size: int,
     learning_rate: float,
     seed: int,
@@ -110,5 +129,10 @@ def train_private_round(
         grad_sample_mode=policy.grad_sample_mode,
         accountant=policy.accountant,
     )
-    after = ledger.charge(charge, run_id=run_id, round=server_round)
-    return loss, PrivacySpend(after, after - before, ledger.delta, ledger.budget - after, sigma)
+    after = ledger.charge(
+        charge, run_id=run_id, round=server_round, job_id=job_id, message_id=message_id
+    )
+    release = ledger.releases_of(job_id or run_id, server_round)
+    return loss, PrivacySpend(
+        after, after - before, ledger.delta, ledger.budget - after, sigma, release
+    )

@@ -23,4 +23,4 @@ def main(grid: Grid, context: Context) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    run_federation(grid, RunConfig.from_flower(context.run_config))
+    run_federation(grid, RunConfig.from_flower(context.run_config), run_id=str(context.run_id))

@@ -7,6 +7,7 @@ Both the ServerApp (`flwr run .`, deployment) and `aidmp simulate` call
 from __future__ import annotations
 
 import time
+import uuid
 from logging import getLogger
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,8 @@ def _central_evaluator(task_name: str) -> CentralEval:
     return evaluate
 
 
-def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
-    """What each node needs to train or evaluate in round `rnd`.
+def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord:
+    """What each node needs to train or evaluate in round `rnd` of training job `job_id`.
 
     The dp-* keys are a default policy: a node's own node config overrides them.
     """
@@ -97,6 +98,9 @@ def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
             "batch-size": cfg.batch_size,
             "learning-rate": cfg.learning_rate,
             "server-round": rnd,
+            # One training job may span several Flower runs (a coordinator restarted
+            # and resumed); nodes enter a round they release again as a new release.
+            "job-id": job_id,
             "num-rounds": cfg.num_rounds,
             "dp": cfg.dp,
             "dp-epsilon": cfg.dp_epsilon,
@@ -117,8 +121,12 @@ def round_config_for(cfg: RunConfig, rnd: int) -> ConfigRecord:
     )
 
 
-def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
-    """Run (or resume) the federation described by `cfg`; returns the run report."""
+def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, Any]:
+    """Run (or resume) the federation described by `cfg`; returns the run report.
+
+    `run_id` is Flower's id of this run. A resumed job keeps the job id of the run
+    that started it, and its report lists every run that took part.
+    """
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / CHECKPOINT_NAME
     task = get_task(cfg.task)
@@ -135,12 +143,15 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         restore_strategy_state(strategy, ckpt.strategy_state)
         history = list(ckpt.meta.get("per_round", []))
         first_round = ckpt.round + 1
+        job_id = str(ckpt.meta.get("job_id") or uuid.uuid4().hex[:16])
+        runs = list(ckpt.meta.get("runs", []))
         log.info("resuming %s from round %d (checkpoint %s)", cfg.task, ckpt.round, ckpt_path)
     else:
         if ckpt_path.exists():
             log.warning("starting a new run: %s will be overwritten", ckpt_path)
         model = task.build_model()
         first_round = 1
+        job_id, runs = run_id or uuid.uuid4().hex[:16], []
         if isinstance(strategy, EncryptedFedAvg):
             # The coordinator holds G_0 only as ciphertext, like every later global.
             arrays = strategy.initial_state(model.state_dict())
@@ -150,6 +161,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         else:
             arrays = ArrayRecord(model.state_dict())
 
+    runs.append({"run_id": run_id, "first_round": first_round})
     started = time.monotonic()
     prior_s = sum(float(r.get("elapsed_s", 0.0)) for r in history)
 
@@ -161,7 +173,12 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
                 round=rec.round,
                 model={k: v.numpy() for k, v in arrays.items()},  # ciphertexts under HE
                 strategy_state=strategy_state(strategy),
-                meta={"run_config": cfg.to_flower(), "per_round": history},
+                meta={
+                    "run_config": cfg.to_flower(),
+                    "per_round": history,
+                    "job_id": job_id,
+                    "runs": runs,
+                },  # fmt: skip
             ),
         )
         log.info(_progress_line(rec, cfg.num_rounds, prior_s + time.monotonic() - started))
@@ -175,7 +192,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
             arrays,
             first_round=first_round,
             last_round=cfg.num_rounds,
-            round_config=lambda rnd: round_config_for(cfg, rnd),
+            round_config=lambda rnd: round_config_for(cfg, rnd, job_id),
             timeout=cfg.round_timeout,
             seed=cfg.seed,
             central_eval=_central_evaluator(cfg.task) if cfg.central_eval else None,
@@ -183,6 +200,7 @@ def run_federation(grid: Grid, cfg: RunConfig) -> dict[str, Any]:
         )
 
     report = build_report(cfg, history, resumed_from=first_round - 1 if cfg.resume else None)
+    report |= {"job_id": job_id, "runs": runs}
     report["privacy"]["client_level"] = _client_level_spend(cfg, strategy)
     report["governance"] = governance_report(history)
     report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))

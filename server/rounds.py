@@ -93,6 +93,23 @@ def _failures(
     return failures
 
 
+def _silent(
+    messages: list[Message], replies: Iterable[Message], timeout: float, names: dict[int, str]
+) -> list[dict[str, object]]:
+    """The nodes that were sent a message and did not answer within the timeout."""
+    answered = {m.metadata.reply_to_message_id for m in replies}
+    return [
+        {
+            "node": m.metadata.dst_node_id,
+            "institution": names.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}"),
+            "code": DeclineCode.NO_REPLY,
+            "reason": f"no reply within the round timeout ({timeout:g} s)",
+        }
+        for m in messages
+        if m.metadata.message_id not in answered
+    ]
+
+
 def _privacy_spend(replies: Iterable[Message]) -> dict[str, dict[str, float]]:
     """ε spent, ε of this round, δ and budget left, per institution that trained under DP."""
     spend = {}
@@ -166,8 +183,9 @@ def _train_incrementally(
 ) -> tuple[ArrayRecord | None, MetricRecord | None]:
     """Fold replies into the strategy one at a time; record declines and rejections."""
     strategy.begin_train(rnd)
-    messages = list(messages)
+    messages, replies = list(messages), []
     for reply in stream_replies(grid, messages, timeout):
+        replies.append(reply)
         _learn_names([reply], names)
         record.train_failures += _failures([reply], _sent_to(messages), names)
         record.privacy |= _privacy_spend([reply])
@@ -182,6 +200,7 @@ def _train_incrementally(
             )  # fmt: skip
         elif not reply.has_error():
             record.train_replies += 1
+    record.train_failures += _silent(messages, replies, timeout, names)
     record.he_bytes_received = strategy.bytes_received
     return strategy.finish_train(rnd)
 
@@ -250,6 +269,7 @@ def run_rounds(
             _learn_names(replies, names)
             record.train_failures = _failures(replies, _sent_to(messages), names)
             record.train_replies = len(replies) - len(record.train_failures)
+            record.train_failures += _silent(messages, replies, timeout, names)
             record.privacy = _privacy_spend(replies)
             record.governance = _governance(replies)
             try:

@@ -127,7 +127,7 @@ def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dic
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg)
+        run_federation(grid, cfg, run_id=str(context.run_id))
 
     run_flower_simulation(server_app, institutions, verbose=verbose)
     federation_s = time.monotonic() - started

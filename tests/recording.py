@@ -36,7 +36,8 @@ def run_recorded(cfg: RunConfig, institutions: int, received: list[Message] | No
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(RecordingGrid(grid, received) if received is not None else grid, cfg)
+        grid = RecordingGrid(grid, received) if received is not None else grid
+        run_federation(grid, cfg, run_id=str(context.run_id))
 
     run_flower_simulation(app, institutions, verbose=False)
     return cfg

@@ -109,3 +109,32 @@ def test_the_audit_log_hashes_exactly_what_left(site):
     (record,) = [json.loads(x) for x in (site / "state5" / AUDIT_NAME).read_text().splitlines()]
     assert record["payload_sha256"] == hashlib.sha256(sent).hexdigest()
     assert record["payload_bytes"] == len(sent)
+
+
+def test_each_release_draws_secret_noise_and_is_charged_once(site):
+    """A node with its own data never seeds DP noise from the coordinator's run seed:
+    the same round released twice (as after a coordinator restart) gets fresh noise,
+    and the ledger enters it twice, as release 1 and 2, each under its message id."""
+    node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(site / "state6"), "dp": "true", "dp-epsilon": "50"}  # fmt: skip
+    first, second = _train(site, node), _train(site, node)
+    assert not first.has_error() and not second.has_error()
+    a = first.content["arrays"].to_torch_state_dict()
+    b = second.content["arrays"].to_torch_state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # same model, data and run seed
+    assert [first.content["node"]["release"], second.content["node"]["release"]] == [1, 2]
+    entries = json.loads((site / "state6" / "ledger.json").read_text())["body"]["entries"]
+    assert [(e["round"], e["release"]) for e in entries] == [(1, 1), (1, 2)]
+    audit = [json.loads(x) for x in (site / "state6" / AUDIT_NAME).read_text().splitlines()]
+    assert [r["details"].get("release") for r in audit] == [1, 2]
+    assert [r["epsilon_charged"] for r in audit] == [
+        pytest.approx(entries[0]["epsilon_after"]),
+        pytest.approx(entries[1]["epsilon_after"] - entries[0]["epsilon_after"]),
+    ]
+
+
+def test_a_simulated_node_keeps_the_run_seed_so_a_run_repeats():
+    from privacy.node_round import release_seed
+
+    assert release_seed(1234, own_data=False) == 1234
+    assert release_seed(1234, own_data=True) != release_seed(1234, own_data=True)

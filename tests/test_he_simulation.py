@@ -24,7 +24,7 @@ INSTITUTIONS = 3
 # The only metrics and node fields a node may report (DESIGN.md, "what may cross the wire").
 ALLOWED_METRICS = {"num-examples", "train-loss", "client-weight", "eval-loss", "eval-accuracy"}
 ALLOWED_NODE_FIELDS = {"institution", "epsilon-spent", "epsilon-round", "delta", "budget-left",
-                       "noise-multiplier"}  # fmt: skip
+                       "noise-multiplier", "release"}  # fmt: skip
 
 
 def _run(cfg: RunConfig, received: list[Message] | None = None) -> None:

@@ -170,3 +170,20 @@ def test_a_failure_the_superlink_reports_for_a_vanished_node_names_that_node():
     reply.metadata.__dict__["_src_node_id"] = 1  # the SuperLink answers in the node's place
     (failure,) = _failures([reply], {"m-1": 42})
     assert failure["node"] == 42 and failure["institution"] == "node-42"
+
+
+def test_a_node_silent_past_the_round_timeout_is_recorded_by_name():
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    from aidmp.errors import DeclineCode
+    from server.rounds import _silent
+
+    sent = []
+    for node, mid in ((7, "m-7"), (8, "m-8")):
+        msg = Message(RecordDict(), dst_node_id=node, message_type="train")
+        msg.metadata.__dict__["_message_id"] = mid
+        sent.append(msg)
+    answer = Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}), reply_to=sent[0])
+    (silent,) = _silent(sent, [answer], 30.0, {8: "site-8"})
+    assert silent["institution"] == "site-8" and silent["code"] == DeclineCode.NO_REPLY
+    assert "30 s" in str(silent["reason"])
