@@ -264,11 +264,18 @@ def _run_ledger(args: argparse.Namespace) -> int:
             f"{file}\n  dataset {ledger.dataset[:16]}…  budget eps {ledger.budget:g}  "
             f"delta {ledger.delta:g}  accountant {ledger.accountant}"
         )
-        print(f"  {'run':>20} {'round':>5} {'sigma':>8} {'q':>8} {'steps':>6} {'eps after':>9}")
+        print(
+            f"  {'job':>20} {'run':>20} {'round':>5} {'sigma':>8} {'q':>8} {'steps':>6} "
+            f"{'eps after':>9}"
+        )
         for e in ledger.entries:
+            # A round of a job released again (a coordinator restarted mid-round) is
+            # charged again, and marked here.
+            again = f"  release {e['release']}" if e.get("release", 1) > 1 else ""
             print(
-                f"  {e['run_id']:>20} {e['round']:>5} {e['noise_multiplier']:8.4f} "
-                f"{e['sample_rate']:8.5f} {e['steps']:6d} {e['epsilon_after']:9.4f}"
+                f"  {e.get('job_id', e['run_id']):>20} {e['run_id']:>20} {e['round']:>5} "
+                f"{e['noise_multiplier']:8.4f} {e['sample_rate']:8.5f} {e['steps']:6d} "
+                f"{e['epsilon_after']:9.4f}{again}"
             )
         print(f"  spent eps {ledger.spent():.4f} of {ledger.budget:g}")
         return 0
@@ -406,6 +413,32 @@ def _run_govern(args: argparse.Namespace) -> int:
     return 1
 
 
+def _pilot_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pilot-data",
+        help="pilot: a data file and a policy per site, from a bundled dataset's real rows",
+    )
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--out", required=True, help="writes OUT/site-I/rows.csv and policy.yaml")
+    p.add_argument("--task", default="adult")
+    p.add_argument("--rows", type=int, help="rows per site (default: an equal share of all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_pilot_data)
+
+
+def _run_pilot_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simulations.pilot_sites import write_pilot_sites
+
+    folders = write_pilot_sites(
+        Path(args.out), args.sites, task=args.task, rows=args.rows, seed=args.seed
+    )
+    for folder in folders:
+        print(f"wrote {folder}/rows.csv and {folder}/policy.yaml")
+    return 0
+
+
 def _audit_log_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="institution: the audit log of what left the site")
     verbs = p.add_subparsers(dest="verb", required=True)
@@ -492,6 +525,9 @@ def _coordinator_parser(sub: argparse._SubParsersAction) -> None:
     start.set_defaults(handler=_run_coordinator)
     reg = verbs.add_parser("register-node", help="allow a node's public key to connect")
     reg.add_argument("public_key")
+    reg.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for a SuperLink still starting"
+    )
     _connection_args(reg)
     reg.set_defaults(handler=_run_coordinator)
 
@@ -518,7 +554,7 @@ def _run_coordinator(args: argparse.Namespace) -> int:
         os.execve(cmd[0], cmd, {**os.environ, **OFFLINE_ENV})  # the SuperLink takes over
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     ca = None if args.insecure else Path(args.ca)
-    print(register_node(Path(args.public_key), args.superlink, ca, home))
+    print(register_node(Path(args.public_key), args.superlink, ca, home, wait=args.wait))
     return 0
 
 
@@ -610,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     _node_parser(sub)
     _coordinator_parser(sub)
     _run_parser(sub)
+    _pilot_data_parser(sub)
     return parser
 
 

@@ -145,7 +145,11 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
         first_round = ckpt.round + 1
         job_id = str(ckpt.meta.get("job_id") or uuid.uuid4().hex[:16])
         runs = list(ckpt.meta.get("runs", []))
-        log.info("resuming %s from round %d (checkpoint %s)", cfg.task, ckpt.round, ckpt_path)
+        log.info(
+            "resuming job %s (%s) after round %d from %s; a site that released round %d "
+            "before the stop releases it again, and its ledger charges it as a new release",
+            job_id, cfg.task, ckpt.round, ckpt_path, first_round,
+        )  # fmt: skip
     else:
         if ckpt_path.exists():
             log.warning("starting a new run: %s will be overwritten", ckpt_path)

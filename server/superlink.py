@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from aidmp.errors import AidmpError
@@ -76,17 +77,36 @@ def flwr_env(flwr_home: Path) -> dict[str, str]:
     }
 
 
-def register_node(public_key: Path, superlink: str, ca: Path | None, flwr_home: Path) -> str:
-    """Register a node's public key with the SuperLink; returns Flower's answer."""
+# Flower's words when nothing answers at the SuperLink's address (yet).
+_UNAVAILABLE = "Connection to the SuperLink is unavailable"
+
+
+def register_node(
+    public_key: Path, superlink: str, ca: Path | None, flwr_home: Path, wait: float = 60.0
+) -> str:
+    """Register a node's public key with the SuperLink; returns Flower's answer.
+
+    A SuperLink that is still starting gets up to `wait` seconds to answer, so a script
+    can start the coordinator and register its nodes right after."""
     if not public_key.is_file():
         raise AidmpError(
             f"no public key at {public_key}; the node makes it with `aidmp node keygen`"
         )
     name = write_connection(flwr_home, superlink, ca)
-    result = subprocess.run(
-        [flower_tool("flwr"), "supernode", "register", str(public_key), name],
-        env=flwr_env(flwr_home), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    deadline = time.monotonic() + wait
+    while True:
+        result = subprocess.run(
+            [flower_tool("flwr"), "supernode", "register", str(public_key), name],
+            env=flwr_env(flwr_home), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if _UNAVAILABLE not in result.stdout + result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    if _UNAVAILABLE in result.stdout + result.stderr:
+        raise AidmpError(
+            f"no SuperLink answers at {superlink} (waited {wait:g} s); is "
+            "`aidmp coordinator start` running there, and is the port open?"
+        )
     if result.returncode != 0:
         raise AidmpError(
             f"registering {public_key} failed: {(result.stdout + result.stderr).strip()[-400:]}"

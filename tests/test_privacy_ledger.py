@@ -176,3 +176,23 @@ def test_delta_must_be_below_one_over_n(delta):
     with pytest.raises(PrivacyError, match="below 1/n"):
         check_delta(delta, num_rows=1000)
     check_delta(1e-5, num_rows=1000)
+
+
+def test_a_round_released_again_after_a_restart_is_a_new_charged_release(tmp_path):
+    ledger = _open(tmp_path, budget=50.0)
+    c = Charge(1.1, 0.01, 100)
+    ledger.charge(c, run_id="r1", round=1, job_id="job", message_id="m1")
+    ledger.charge(c, run_id="r1", round=2, job_id="job", message_id="m2")  # cut short
+    ledger.charge(c, run_id="r2", round=2, job_id="job", message_id="m3")  # the re-run
+    ledger.charge(c, run_id="r3", round=2, job_id="other", message_id="m4")  # another job
+    again = PrivacyLedger.load(tmp_path / LEDGER_NAME)
+    assert [(e["job_id"], e["round"], e["release"]) for e in again.entries] == [
+        ("job", 1, 1), ("job", 2, 1), ("job", 2, 2), ("other", 2, 1)
+    ]  # fmt: skip
+    assert again.spent() == pytest.approx(epsilon_of([c] * 4, 1e-5))  # every release counts
+    assert [e["message_id"] for e in again.entries] == ["m1", "m2", "m3", "m4"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "aidmp.cli", "ledger", "show", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert shown.count("release 2") == 1
