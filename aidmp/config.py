@@ -34,7 +34,12 @@ class RunConfig(BaseModel):
     learning_rate: float = Field(0.05, alias="learning-rate", gt=0)
     fraction_train: float = Field(1.0, alias="fraction-train", gt=0, le=1)
     fraction_evaluate: float = Field(1.0, alias="fraction-evaluate", ge=0, le=1)
-    min_nodes: int = Field(2, alias="min-nodes", ge=1, description="fewest nodes a round samples")
+    min_nodes: int = Field(
+        2,
+        alias="min-nodes",
+        ge=1,
+        description="fewest nodes a round samples, and fewest updates it aggregates",
+    )
     min_available_nodes: int = Field(
         2, alias="min-available-nodes", ge=1, description="nodes to wait for before a round"
     )

@@ -180,6 +180,7 @@ def _train_incrementally(
     timeout: float,
     record: RoundRecord,
     names: dict[int, str],
+    min_replies: int,
 ) -> tuple[ArrayRecord | None, MetricRecord | None]:
     """Fold replies into the strategy one at a time; record declines and rejections."""
     strategy.begin_train(rnd)
@@ -202,6 +203,8 @@ def _train_incrementally(
             record.train_replies += 1
     record.train_failures += _silent(messages, replies, timeout, names)
     record.he_bytes_received = strategy.bytes_received
+    if record.train_replies < min_replies:
+        return None, None  # the running sum is dropped; begin_train starts afresh
     return strategy.finish_train(rnd)
 
 
@@ -215,12 +218,16 @@ def _governance(replies: Iterable[Message]) -> dict[str, dict[str, object]]:
     return out
 
 
+def _setting(strategy: Strategy, name: str) -> int:
+    inner = getattr(strategy, "strategy", strategy)  # client-level DP wraps the strategy
+    return int(getattr(inner, name, 0))
+
+
 def wait_for_nodes(grid: Grid, strategy: Strategy, timeout: float) -> None:
     """Wait until `min_available_nodes` are connected. Flower's FedAvg sizes its sample
     from the nodes connected *before* it waits for them, so a round that starts while a
     node is still connecting would leave that node out (FLOWER_NOTES' sampling quirk)."""
-    inner = getattr(strategy, "strategy", strategy)  # client-level DP wraps the strategy
-    wanted = int(getattr(inner, "min_available_nodes", 0))
+    wanted = _setting(strategy, "min_available_nodes")
     deadline = time.monotonic() + timeout
     while len(list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -249,6 +256,10 @@ def run_rounds(
     keys to it), with what a node needs to find its data and train.
     """
     names: dict[int, str] = {}  # node id -> institution, as nodes name themselves
+    # Fewer updates than this are never aggregated: Flower's FedAvg would average even
+    # one, and a mean of one update is that institution's update, to everyone who can
+    # read the global model (every node, under HE).
+    min_replies = max(1, _setting(strategy, "min_train_nodes"))
     for rnd in range(first_round, last_round + 1):
         started = time.monotonic()
         # Flower samples nodes with Python's `random`. Seeding per round makes a run
@@ -261,7 +272,7 @@ def run_rounds(
         messages = strategy.configure_train(rnd, arrays, round_config(rnd), grid)
         if isinstance(strategy, IncrementalStrategy):
             new_arrays, train_metrics = _train_incrementally(
-                grid, strategy, messages, rnd, timeout, record, names
+                grid, strategy, messages, rnd, timeout, record, names, min_replies
             )
         else:
             messages = list(messages)
@@ -272,16 +283,19 @@ def run_rounds(
             record.train_failures += _silent(messages, replies, timeout, names)
             record.privacy = _privacy_spend(replies)
             record.governance = _governance(replies)
+            new_arrays, train_metrics = None, None
             try:
-                new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+                if record.train_replies >= min_replies:
+                    new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             except InconsistentMessageReplies as exc:
                 log.warning("round %d: replies could not be aggregated (%s)", rnd, exc)
-                new_arrays, train_metrics = None, None
         if new_arrays is None:
             log.warning(
-                "round %d skipped: no usable training replies (%d failed: %s); "
-                "the global model is unchanged",
+                "round %d skipped: %d usable training replies, %d needed (min-nodes); "
+                "%d failed: %s; the global model is unchanged",
                 rnd,
+                record.train_replies,
+                min_replies,
                 len(record.train_failures),
                 "; ".join(str(f["reason"]) for f in record.train_failures) or "none sent",
             )

@@ -125,20 +125,24 @@ class Federation:
         return key
 
     def site(self, i: int, rows) -> Path:
-        folder = self.tmp / f"site{i}"
+        folder = self.tmp / f"site-{i}"
         folder.mkdir()
         part = rows.iloc[i * ROWS_PER_SITE : (i + 1) * ROWS_PER_SITE].assign(consent="yes")
         part.to_csv(folder / "rows.csv", index=False)
         return folder
 
-    def start_node(self, i: int, *extra: str) -> subprocess.Popen:
-        folder = self.tmp / f"site{i}"
-        return self.start(f"site-{i}", "node", "start", *self.link,
-                          "--data", str(folder / "rows.csv"),
+    def start_node(self, name: str, *extra: str, data_of: str = "", link=None):
+        """`aidmp node start` for `name`: its own state folder, and its site's rows (or
+        those of site `data_of`)."""
+        return self.start(name, "node", "start", *(self.link if link is None else link),
+                          "--data", str(self.tmp / (data_of or name) / "rows.csv"),
                           "--policy", str(bundled_policy("adult")),
-                          "--ledger", str(folder / "state"), "--name", f"site-{i}",
-                          "--node-key", str(self.tmp / f"site-{i}.key"),
-                          "--port", str(_free_port()), "--dp-epsilon", "8", *extra)  # fmt: skip
+                          "--ledger", str(self.tmp / name / "state"), "--name", name,
+                          "--port", str(_free_port()), *extra)  # fmt: skip
+
+    def start_site(self, i: int, *extra: str) -> subprocess.Popen:
+        key = str(self.tmp / f"site-{i}.key")
+        return self.start_node(f"site-{i}", "--node-key", key, "--dp-epsilon", "8", *extra)
 
     def submit(self, run_config: str, *extra: str) -> subprocess.Popen:
         return self.start("run", "run", *self.link, "--run-config", run_config,
@@ -194,45 +198,14 @@ def test_tls_node_auth_three_nodes_he_dp_governance(federation):
     for i in range(3):
         fed.enroll(f"site-{i}")
         fed.site(i, rows)
-        fed.start_node(i, "--keys", str(keys / "institution.ckks"))
+        fed.start_site(i, "--keys", str(keys / "institution.ckks"))
     # A stranger nobody registered, and a node that will not speak TLS, try to join too.
     fed.aidmp("node", "keygen", "--out", str(fed.tmp / "stranger.key"))
-    stranger = fed.start(
-        "stranger",
-        "node",
-        "start",
-        *fed.link,
-        "--data",
-        str(fed.tmp / "site0" / "rows.csv"),
-        "--policy",
-        str(bundled_policy("adult")),
-        "--ledger",
-        str(fed.tmp / "stranger"),
-        "--node-key",
-        str(fed.tmp / "stranger.key"),
-        "--port",
-        str(_free_port()),
-    )
-    plain = fed.start(
-        "plain",
-        "node",
-        "start",
-        "--superlink",
-        f"127.0.0.1:{fed.port}",
-        "--insecure",
-        "--data",
-        str(fed.tmp / "site0" / "rows.csv"),
-        "--policy",
-        str(bundled_policy("adult")),
-        "--ledger",
-        str(fed.tmp / "plain"),
-        "--port",
-        str(_free_port()),
-        "--max-retries",
-        "2",
-        "--max-wait-time",
-        "20",
-    )
+    key = str(fed.tmp / "stranger.key")
+    stranger = fed.start_node("stranger", "--node-key", key, data_of="site-0")
+    plain = fed.start_node("plain", "--max-retries", "2", "--max-wait-time", "20",
+                           data_of="site-0", link=["--superlink", f"127.0.0.1:{fed.port}",
+                                                   "--insecure"])  # fmt: skip
 
     out = fed.tmp / "out"
     run = fed.submit(
@@ -256,7 +229,7 @@ def test_tls_node_auth_three_nodes_he_dp_governance(federation):
     assert [r["train_replies"] for r in report["per_round"]] == [3, 3, 3]
     assert set(report["governance"]["by_institution"]) == {"site-0", "site-1", "site-2"}
     for i in range(3):
-        ledger = _charged_exactly_once(fed.tmp / f"site{i}" / "state")
+        ledger = _charged_exactly_once(fed.tmp / f"site-{i}" / "state")
         assert [(e["round"], e["release"]) for e in ledger] == [(1, 1), (2, 1), (3, 1)]
         assert {e["job_id"] for e in ledger} == {report["job_id"]}
 
@@ -271,7 +244,7 @@ def test_a_node_dies_and_rejoins_and_the_coordinator_restarts_and_resumes(federa
     for i in range(3):
         fed.enroll(f"site-{i}")
         fed.site(i, rows)
-        fed.start_node(i)
+        fed.start_site(i)
     out = fed.tmp / "out"
     ckpt = out / CHECKPOINT_NAME
     # Every round waits for all three sites to be connected; two replies are enough. A
@@ -290,11 +263,11 @@ def test_a_node_dies_and_rejoins_and_the_coordinator_restarts_and_resumes(federa
     _wait_for("round 1", checkpoint_at(1), 300, run)
     fed.kill("site-2")  # gone without a word, in round 2
     _wait_for("round 2", checkpoint_at(2), 300, run)
-    fed.start_node(2)  # back: Flower knows it by its key, and round 3 waits for it
+    fed.start_site(2)  # back: Flower knows it by its key, and round 3 waits for it
 
     def released_round_3() -> bool:
         for i in range(3):
-            audit = fed.tmp / f"site{i}" / "state" / AUDIT_NAME
+            audit = fed.tmp / f"site-{i}" / "state" / AUDIT_NAME
             if audit.exists() and '"round":3' in audit.read_text().replace(" ", ""):
                 return True
         return False
@@ -321,7 +294,7 @@ def test_a_node_dies_and_rejoins_and_the_coordinator_restarts_and_resumes(federa
     rerun = report["runs"][1]["run_id"]
     released_twice = 0
     for i in range(3):
-        ledger = _charged_exactly_once(fed.tmp / f"site{i}" / "state")
+        ledger = _charged_exactly_once(fed.tmp / f"site-{i}" / "state")
         assert {e["job_id"] for e in ledger} == {report["job_id"]}
         rounds = [(e["round"], e["release"]) for e in ledger]
         # Round 3 of the run the crash cut short stays charged; its re-run is release 2.

@@ -187,3 +187,37 @@ def test_a_node_silent_past_the_round_timeout_is_recorded_by_name():
     (silent,) = _silent(sent, [answer], 30.0, {8: "site-8"})
     assert silent["institution"] == "site-8" and silent["code"] == DeclineCode.NO_REPLY
     assert "30 s" in str(silent["reason"])
+
+
+def test_a_round_with_fewer_usable_updates_than_min_nodes_is_skipped():
+    """Flower's FedAvg would average a single update; the round loop refuses to."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from server.rounds import run_rounds
+
+    cfg = RunConfig(min_nodes=2, min_available_nodes=2)
+    strategy = build_strategy(cfg)
+
+    class OneAnswers:  # a grid where two nodes are sampled and only one answers
+        def get_node_ids(self):
+            return [1, 2]
+
+        def send_and_receive(self, messages, timeout=None):
+            messages = list(messages)
+            for i, m in enumerate(messages):
+                m.metadata.__dict__["_message_id"] = f"m-{i}"
+            reply = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(2, np.float32))}),
+                                "metrics": MetricRecord({"num-examples": 5})})  # fmt: skip
+            return [Message(reply, reply_to=messages[0])] if messages else []
+
+    start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    ended = []
+    final = run_rounds(
+        OneAnswers(), strategy, start, first_round=1, last_round=1,
+        round_config=lambda rnd: ConfigRecord({}), timeout=1.0, seed=0, central_eval=None,
+        on_round_end=lambda rec, arrays: ended.append(rec),
+    )  # fmt: skip
+    (rec,) = ended
+    assert rec.train_replies == 1 and not rec.aggregated
+    assert [f["code"] for f in rec.train_failures] == [106]  # the silent one, named
+    assert np.array_equal(final["w"].numpy(), np.zeros(2, np.float32))
