@@ -109,6 +109,12 @@ class RunConfig(BaseModel):
 
     def check_combinations(self) -> None:
         """Refuse settings that cannot work together, rather than quietly drop one."""
+        if self.min_nodes > self.min_available_nodes:
+            raise AidmpError(
+                f"min-nodes={self.min_nodes} is more than min-available-nodes="
+                f"{self.min_available_nodes}: rounds could start with fewer nodes than one "
+                "needs to aggregate; lower min-nodes too, or raise min-available-nodes"
+            )
         if not self.he:
             return
         if self.strategy not in HE_STRATEGIES:

@@ -62,7 +62,7 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
     else:
         decision = str(governance["decision"]) if governance is not None else None
         details = {"encrypted": "he-update" in reply.content.config_records}
-        if node is not None and "release" in node:  # 2, 3, ...: this round released again
+        if node is not None and "release" in node:  # 1, or 2, 3, ... for a round released again
             details["release"] = int(node["release"])  # type: ignore[arg-type]
     # Which message this answers (the ledger keeps the same id for the release it
     # charged), and the training job, which outlives a coordinator's restart.

@@ -72,15 +72,22 @@ def governed_data(
             "run it without a policy, or choose a tabular task such as adult"
         )
     key, load = _source(node_config, config, policy)
-    # Whatever changes the result is in the key: the rows, the policy, the task and seed
-    # (the local split), and the site secret (the hashes), as a digest.
+    # The local train/validation split. A node with its own data splits by its own seed
+    # (node config `split-seed`), never the coordinator's: the split decides which rows
+    # train, and so the dataset its privacy ledger is keyed to, whatever job asks.
+    if "data" in node_config:
+        split_seed = int(node_config.get("split-seed", 0))
+    else:
+        split_seed = int(config["seed"])
+    # Whatever changes the result is in the key: the rows, the policy, the task and split
+    # seed, and the site secret (the hashes), as a digest.
     secret = site_secret(policy) or b""
-    cache_key = (key, sha, task.name, int(config["seed"]), hashlib.sha256(secret).hexdigest())
+    cache_key = (key, sha, task.name, split_seed, hashlib.sha256(secret).hexdigest())
     if cache_key in _cache:
         _cache.move_to_end(cache_key)
         governed = _cache[cache_key]
     else:
-        governed = _run(load, key, policy, sha, task, int(config["seed"]), state_dir)
+        governed = _run(load, key, policy, sha, task, split_seed, state_dir)
         _cache[cache_key] = governed
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)

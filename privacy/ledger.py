@@ -18,10 +18,13 @@ logged in `ledger-admin.log`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +41,26 @@ FORMAT_VERSION = 1
 LEDGER_NAME = "ledger.json"
 REGISTRY_NAME = "trained.json"
 ADMIN_LOG_NAME = "ledger-admin.log"
+LOCK_NAME = "ledger.lock"
 RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
+
+
+@contextlib.contextmanager
+def ledger_lock(folder: Path) -> Iterator[None]:
+    """Hold this node's ledgers for one release: open, check, train, charge.
+
+    Flower starts a ClientApp process per message, so two releases can train at once
+    (a dead run's late message beside a resumed run's). Each would check and charge its
+    own copy of the ledger, and the second write would drop the first charge. POSIX
+    `flock`; it does not hold across machines on a network file system.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class BudgetExhausted(PrivacyError):
@@ -260,9 +282,25 @@ class PrivacyLedger:
         return after
 
     def verify(self) -> list[str]:
-        """Recompute ε after every entry from the history; list each disagreement."""
+        """Recompute ε after every entry from the history, recount every round's releases,
+        and look for a message charged twice; list each disagreement."""
         problems = []
+        releases: dict[tuple[str, int], int] = {}
+        seen: dict[str, int] = {}
         for i, entry in enumerate(self._body["entries"]):
+            job = (entry.get("job_id", entry["run_id"]), entry["round"])
+            releases[job] = releases.get(job, 0) + 1
+            if entry.get("release", 1) != releases[job]:
+                problems.append(
+                    f"entry {i} (job {job[0]}, round {job[1]}): recorded as release "
+                    f"{entry.get('release', 1)}, but it is release {releases[job]} of that round"
+                )
+            message = entry.get("message_id", "")
+            if message and message in seen:
+                problems.append(
+                    f"entry {i}: message {message} was already charged in entry {seen[message]}"
+                )
+            seen.setdefault(message, i)
             again = epsilon_of(self.charges[: i + 1], self.delta, self.accountant)
             if abs(again - entry["epsilon_after"]) > 1e-6 * max(1.0, again):
                 problems.append(

@@ -13,7 +13,7 @@ from torch import nn
 
 from aidmp.errors import PrivacyError
 from privacy.dp import RoundShape, check_delta, plan_noise_multiplier, train_dp
-from privacy.ledger import PrivacyLedger
+from privacy.ledger import PrivacyLedger, ledger_lock
 from privacy.policy import DPPolicy
 from tasks.base import LocalData
 
@@ -110,29 +110,30 @@ def train_private_round(
     (or another PrivacyError) before touching the data if it may not train."""
     n = len(data.y_train)
     check_delta(policy.delta, n)
-    ledger = open_ledger(policy, dataset_id)
-    shape = RoundShape.of(n, batch_size, epochs)
-    sigma = plan_sigma(ledger, policy, shape, run_id, server_round, num_rounds)
-    before = ledger.spent()
-    ledger.check(shape.charge(sigma))
-    loss, charge = train_dp(
-        model,
-        data.x_train,
-        data.y_train,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        noise_multiplier=sigma,
-        max_grad_norm=policy.max_grad_norm,
-        proximal_mu=proximal_mu,
-        grad_sample_mode=policy.grad_sample_mode,
-        accountant=policy.accountant,
-    )
-    after = ledger.charge(
-        charge, run_id=run_id, round=server_round, job_id=job_id, message_id=message_id
-    )
-    release = ledger.releases_of(job_id or run_id, server_round)
-    return loss, PrivacySpend(
-        after, after - before, ledger.delta, ledger.budget - after, sigma, release
-    )
+    with ledger_lock(policy.state_dir):  # one release at a time: see ledger_lock
+        ledger = open_ledger(policy, dataset_id)
+        shape = RoundShape.of(n, batch_size, epochs)
+        sigma = plan_sigma(ledger, policy, shape, run_id, server_round, num_rounds)
+        before = ledger.spent()
+        ledger.check(shape.charge(sigma))
+        loss, charge = train_dp(
+            model,
+            data.x_train,
+            data.y_train,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+            noise_multiplier=sigma,
+            max_grad_norm=policy.max_grad_norm,
+            proximal_mu=proximal_mu,
+            grad_sample_mode=policy.grad_sample_mode,
+            accountant=policy.accountant,
+        )
+        after = ledger.charge(
+            charge, run_id=run_id, round=server_round, job_id=job_id, message_id=message_id
+        )
+        release = ledger.releases_of(job_id or run_id, server_round)
+        return loss, PrivacySpend(
+            after, after - before, ledger.delta, ledger.budget - after, sigma, release
+        )

@@ -164,17 +164,23 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
             )
         else:
             arrays = ArrayRecord(model.state_dict())
+    if cfg.he and cfg.min_nodes < 3:
+        log.warning(
+            "he=true with min-nodes=%d: every node decrypts the global model, so in a round "
+            "of two updates each node can subtract its own and read the other's (only that "
+            "node's DP noise remains); set min-nodes to 3 or more",
+            cfg.min_nodes,
+        )
 
     runs.append({"run_id": run_id, "first_round": first_round})
     started = time.monotonic()
     prior_s = sum(float(r.get("elapsed_s", 0.0)) for r in history)
 
-    def on_round_end(rec: RoundRecord, arrays: ArrayRecord) -> None:
-        history.append(rec.as_dict())
+    def checkpoint(done: int, arrays: ArrayRecord) -> None:
         save_checkpoint(
             ckpt_path,
             Checkpoint(
-                round=rec.round,
+                round=done,
                 model={k: v.numpy() for k, v in arrays.items()},  # ciphertexts under HE
                 strategy_state=strategy_state(strategy),
                 meta={
@@ -185,6 +191,14 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
                 },  # fmt: skip
             ),
         )
+
+    # Before any round: a crash in the first round of this run still leaves the job id
+    # and this run on record, and `--resume` picks up from here.
+    checkpoint(first_round - 1, arrays)
+
+    def on_round_end(rec: RoundRecord, arrays: ArrayRecord) -> None:
+        history.append(rec.as_dict())
+        checkpoint(rec.round, arrays)
         log.info(_progress_line(rec, cfg.num_rounds, prior_s + time.monotonic() - started))
 
     if first_round > cfg.num_rounds:

@@ -233,6 +233,18 @@ def wait_for_nodes(grid: Grid, strategy: Strategy, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def _expiring(messages: Iterable[Message], ttl: float) -> list[Message]:
+    """Messages that the SuperLink drops once the round has stopped waiting for them.
+
+    Flower keeps an instruction deliverable for 12 hours by default, so a node that
+    reconnects late (or after the coordinator restarted) would still train on a round
+    nobody aggregates any more, and spend privacy budget on it."""
+    out = list(messages)
+    for m in out:
+        m.metadata.ttl = ttl
+    return out
+
+
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:
     return float(metrics[key]) if metrics is not None and key in metrics else None
 
@@ -269,7 +281,9 @@ def run_rounds(
         wait_for_nodes(grid, strategy, timeout)
 
         # --- training at the institutions -----------------------------------
-        messages = strategy.configure_train(rnd, arrays, round_config(rnd), grid)
+        messages = _expiring(
+            strategy.configure_train(rnd, arrays, round_config(rnd), grid), timeout
+        )
         if isinstance(strategy, IncrementalStrategy):
             new_arrays, train_metrics = _train_incrementally(
                 grid, strategy, messages, rnd, timeout, record, names, min_replies
@@ -306,7 +320,10 @@ def run_rounds(
         # --- federated evaluation on each institution's own validation rows ---
         eval_replies = list(
             grid.send_and_receive(
-                strategy.configure_evaluate(rnd, arrays, round_config(rnd), grid), timeout=timeout
+                _expiring(
+                    strategy.configure_evaluate(rnd, arrays, round_config(rnd), grid), timeout
+                ),
+                timeout=timeout,
             )
         )
         record.eval_replies = sum(not m.has_error() for m in eval_replies)

@@ -52,3 +52,26 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_missing_checkpoint_says_how_to_start(tmp_path):
     with pytest.raises(AidmpError, match="without resume"):
         load_checkpoint(tmp_path / "nope.npz")
+
+
+def test_a_crash_in_round_one_leaves_the_job_on_record_for_resume(tmp_path):
+    from aidmp.config import RunConfig
+    from server.checkpoint import CHECKPOINT_NAME
+    from server.federation import run_federation
+
+    class Gone:  # the SuperLink is lost as round 1 begins
+        def get_node_ids(self):
+            raise ConnectionError("SuperLink gone")
+
+    cfg = RunConfig(task="breast-cancer", out_dir=str(tmp_path), central_eval=False, dp=False)
+    with pytest.raises(ConnectionError):
+        run_federation(Gone(), cfg, run_id="41")
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert ckpt.round == 0 and ckpt.meta["job_id"] == "41"
+    with pytest.raises(ConnectionError):  # restarted, resumed, and lost again
+        run_federation(Gone(), cfg.model_copy(update={"resume": True}), run_id="42")
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert ckpt.meta["job_id"] == "41"  # the same job, under a second Flower run
+    assert ckpt.meta["runs"] == [
+        {"run_id": "41", "first_round": 1}, {"run_id": "42", "first_round": 1}
+    ]  # fmt: skip

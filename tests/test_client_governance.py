@@ -33,8 +33,8 @@ def site(tmp_path_factory):
     return folder
 
 
-def _train(site, node_config):
-    cfg = RunConfig(task="adult", dp=False, out_dir=str(site / "run"))
+def _train(site, node_config, seed=0):
+    cfg = RunConfig(task="adult", dp=False, out_dir=str(site / "run"), seed=seed)
     torch.manual_seed(0)
     model = get_task("adult").build_model()
     content = RecordDict(
@@ -138,3 +138,14 @@ def test_a_simulated_node_keeps_the_run_seed_so_a_run_repeats():
 
     assert release_seed(1234, own_data=False) == 1234
     assert release_seed(1234, own_data=True) != release_seed(1234, own_data=True)
+
+
+def test_the_coordinator_seed_does_not_move_the_rows_a_node_trains_on(site):
+    """A node with its own data splits train from validation by its own seed, so every
+    job charges the same ledger, whatever seed the coordinator picks."""
+    node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(site / "state7"), "dp": "true", "dp-epsilon": "50"}  # fmt: skip
+    first, other_job = _train(site, node, seed=0), _train(site, node, seed=7)
+    assert not first.has_error() and not other_job.has_error(), other_job.error.reason
+    entries = json.loads((site / "state7" / "ledger.json").read_text())["body"]["entries"]
+    assert len(entries) == 2

@@ -27,3 +27,8 @@ def test_bad_value_names_the_key():
         RunConfig.from_flower({"num-rounds": 0})
     with pytest.raises(AidmpError, match="strategy"):
         RunConfig.from_flower({"strategy": "fedsgd"})
+
+
+def test_min_nodes_above_min_available_nodes_is_refused():
+    with pytest.raises(AidmpError, match="min-nodes=3 is more than min-available-nodes=1"):
+        RunConfig.from_flower({"min-nodes": 3, "min-available-nodes": 1})

@@ -1,5 +1,7 @@
 """DP at the node: the policy it trains under, and the train handler charging its ledger."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,49 @@ def test_attack_metrics_separate_and_chance():
     assert attack_metrics(np.ones(100), np.zeros(100))["auc"] == 1.0
     chance = attack_metrics(rng.normal(size=5000), rng.normal(size=5000))
     assert abs(chance["auc"] - 0.5) < 0.03 and chance["tpr_at_1pct_fpr"] < 0.03
+
+
+def test_two_releases_training_at_once_are_both_charged(tmp_path, monkeypatch):
+    """Flower runs a ClientApp process per message, so two releases can overlap. Without
+    the ledger lock both would open the same ledger, and the later write would drop the
+    earlier charge. Each thread here waits (up to 1 s) for the other right after opening
+    the ledger, which is exactly the overlap the lock must prevent."""
+    import threading
+
+    import privacy.node_round as node_round
+    from privacy.policy import DPPolicy
+
+    opened = threading.Barrier(2, timeout=1.0)
+    real_open = node_round.open_ledger
+
+    def open_then_wait(*args, **kwargs):
+        ledger = real_open(*args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            opened.wait()
+        return ledger
+
+    monkeypatch.setattr(node_round, "open_ledger", open_then_wait)
+    data = get_task("breast-cancer").load()
+    from tasks.base import LocalData
+
+    local = LocalData(data.x_train[:200], data.y_train[:200], data.x_test, data.y_test)
+    policy = DPPolicy.model_validate(
+        {"dp-epsilon": 20.0, "dp-noise-multiplier": 1.5, "state_dir": tmp_path}
+    )
+
+    def release(message_id: str) -> None:
+        model = get_task("breast-cancer").build_model()
+        node_round.train_private_round(
+            model, local, policy=policy, dataset_id="d" * 64, run_id="r", server_round=1,
+            num_rounds=1, epochs=1, batch_size=32, learning_rate=0.1, seed=0,
+            job_id="job", message_id=message_id,
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=release, args=(m,)) for m in ("m1", "m2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger = PrivacyLedger.load(tmp_path / LEDGER_NAME)
+    assert sorted(e["message_id"] for e in ledger.entries) == ["m1", "m2"]
+    assert [e["release"] for e in ledger.entries] == [1, 2] and ledger.verify() == []

@@ -121,6 +121,19 @@ def test_verify_finds_a_recorded_figure_that_does_not_match(tmp_path):
     assert len(problems) == 1 and "entry 1" in problems[0]
 
 
+def test_verify_finds_a_miscounted_release_and_a_message_charged_twice(tmp_path):
+    ledger = _open(tmp_path, budget=50.0)
+    for i, c in enumerate(HISTORY):
+        ledger.charge(c, run_id="r", round=1, job_id="j", message_id=f"m{i}")
+    assert ledger.verify() == []
+    ledger._body["entries"][1]["release"] = 1  # hides that round 1 was released again
+    ledger._body["entries"][2]["message_id"] = "m0"
+    ledger._save()
+    problems = PrivacyLedger.load(tmp_path / LEDGER_NAME).verify()
+    assert any("entry 1" in p and "release 2" in p for p in problems)
+    assert any("entry 2: message m0 was already charged in entry 0" in p for p in problems)
+
+
 WRITER = """
 import sys
 from pathlib import Path

@@ -190,7 +190,8 @@ def test_a_node_silent_past_the_round_timeout_is_recorded_by_name():
 
 
 def test_a_round_with_fewer_usable_updates_than_min_nodes_is_skipped():
-    """Flower's FedAvg would average a single update; the round loop refuses to."""
+    """Flower's FedAvg would average a single update; the round loop refuses to. And
+    every instruction expires when the round stops waiting for it."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
     from server.rounds import run_rounds
@@ -202,8 +203,11 @@ def test_a_round_with_fewer_usable_updates_than_min_nodes_is_skipped():
         def get_node_ids(self):
             return [1, 2]
 
+        ttls: list[float] = []
+
         def send_and_receive(self, messages, timeout=None):
             messages = list(messages)
+            self.ttls += [m.metadata.ttl for m in messages]
             for i, m in enumerate(messages):
                 m.metadata.__dict__["_message_id"] = f"m-{i}"
             reply = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(2, np.float32))}),
@@ -212,8 +216,9 @@ def test_a_round_with_fewer_usable_updates_than_min_nodes_is_skipped():
 
     start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
     ended = []
+    grid = OneAnswers()
     final = run_rounds(
-        OneAnswers(), strategy, start, first_round=1, last_round=1,
+        grid, strategy, start, first_round=1, last_round=1,
         round_config=lambda rnd: ConfigRecord({}), timeout=1.0, seed=0, central_eval=None,
         on_round_end=lambda rec, arrays: ended.append(rec),
     )  # fmt: skip
@@ -221,3 +226,4 @@ def test_a_round_with_fewer_usable_updates_than_min_nodes_is_skipped():
     assert rec.train_replies == 1 and not rec.aggregated
     assert [f["code"] for f in rec.train_failures] == [106]  # the silent one, named
     assert np.array_equal(final["w"].numpy(), np.zeros(2, np.float32))
+    assert grid.ttls and set(grid.ttls) == {1.0}  # instructions expire with the round
