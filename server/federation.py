@@ -188,7 +188,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
                     "per_round": history,
                     "job_id": job_id,
                     "runs": runs,
-                },  # fmt: skip
+                },
             ),
         )
 
