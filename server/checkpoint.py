@@ -7,6 +7,7 @@ a checkpoint is data, never code.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import zipfile
@@ -43,6 +44,14 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a checkpoint that a new job would replace to checkpoint.<UTC time>.npz."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    path.rename(kept)
+    return kept
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

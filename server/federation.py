@@ -27,6 +27,7 @@ from server.checkpoint import (
     check_resumable,
     load_checkpoint,
     save_checkpoint,
+    set_aside,
 )
 from server.rounds import CentralEval, RoundRecord, run_rounds
 from strategies import build_strategy, restore_strategy_state, strategy_state
@@ -152,7 +153,13 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
         )  # fmt: skip
     else:
         if ckpt_path.exists():
-            log.warning("starting a new run: %s will be overwritten", ckpt_path)
+            # A restarted coordinator that forgot --resume must not lose the job.
+            kept = set_aside(ckpt_path)
+            log.warning(
+                "starting a new job (not resuming): the previous checkpoint is kept as %s; "
+                "to continue that job instead, run again with --resume (resume=true)",
+                kept,
+            )
         model = task.build_model()
         first_round = 1
         job_id, runs = run_id or uuid.uuid4().hex[:16], []

@@ -75,3 +75,22 @@ def test_a_crash_in_round_one_leaves_the_job_on_record_for_resume(tmp_path):
     assert ckpt.meta["runs"] == [
         {"run_id": "41", "first_round": 1}, {"run_id": "42", "first_round": 1}
     ]  # fmt: skip
+
+
+def test_a_new_job_in_the_same_folder_keeps_the_old_checkpoint(tmp_path):
+    """A restarted coordinator that forgets --resume must not lose the job it stopped."""
+    from aidmp.config import RunConfig
+    from server.checkpoint import CHECKPOINT_NAME
+    from server.federation import run_federation
+
+    class Gone:
+        def get_node_ids(self):
+            raise ConnectionError("SuperLink gone")
+
+    cfg = RunConfig(task="breast-cancer", out_dir=str(tmp_path), central_eval=False, dp=False)
+    for run_id in ("41", "42"):
+        with pytest.raises(ConnectionError):
+            run_federation(Gone(), cfg, run_id=run_id)
+    (kept,) = tmp_path.glob("checkpoint.*.npz")
+    assert load_checkpoint(kept).meta["job_id"] == "41"
+    assert load_checkpoint(tmp_path / CHECKPOINT_NAME).meta["job_id"] == "42"
