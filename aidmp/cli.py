@@ -544,14 +544,15 @@ def _run_coordinator(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from server.superlink import OFFLINE_ENV, default_flwr_home, register_node, superlink_command
+    from aidmp.flower_tools import flower_env
+    from server.superlink import default_flwr_home, register_node, superlink_command
 
     if args.verb == "start":
         cmd = superlink_command(
             args.port, None if args.insecure else Path(args.certs), Path(args.state), args.host
         )
         print("starting: " + " ".join(cmd), flush=True)
-        os.execve(cmd[0], cmd, {**os.environ, **OFFLINE_ENV})  # the SuperLink takes over
+        os.execve(cmd[0], cmd, flower_env())  # the SuperLink takes over
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     ca = None if args.insecure else Path(args.ca)
     print(register_node(Path(args.public_key), args.superlink, ca, home, wait=args.wait))
@@ -579,7 +580,7 @@ def _run_node_start(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from aidmp.flower_tools import OFFLINE_ENV
+    from aidmp.flower_tools import flower_env
     from client.supernode import node_config, supernode_command
 
     config = node_config(
@@ -597,7 +598,7 @@ def _run_node_start(args: argparse.Namespace) -> int:
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
     print("starting: " + " ".join(cmd), flush=True)
-    os.execve(cmd[0], cmd, {**os.environ, **OFFLINE_ENV})
+    os.execve(cmd[0], cmd, flower_env())
     return 0  # not reached
 
 
@@ -628,7 +629,15 @@ def _run_run(args: argparse.Namespace) -> int:
     run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
     if run_config.strip():
         cmd += ["--run-config", run_config.strip()]
-    return subprocess.run(cmd, env=flwr_env(home)).returncode
+    code = subprocess.run(cmd, env=flwr_env(home)).returncode
+    if code != 0:
+        print(
+            "aidmp: the run ended with an error. If the coordinator's SuperLink went down, "
+            "restart it (`aidmp coordinator start`, same --state) and continue the job with "
+            "the same command plus --resume; its checkpoint is in the run's out-dir",
+            file=sys.stderr,
+        )
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

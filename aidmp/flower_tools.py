@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -19,3 +20,12 @@ def flower_tool(name: str) -> str:
     if not found:
         raise AidmpError(f"{name} not found; install aidmp's dependencies (flwr) first")
     return found
+
+
+def flower_env() -> dict[str, str]:
+    """The environment to run Flower's tools in: offline, and with their own folder first
+    on PATH, because each starts the next by name (flower-superlink starts
+    flower-superexec, which starts flwr-serverapp; a SuperNode starts flwr-clientapp), and
+    `.venv/bin/aidmp` may be run without activating the environment."""
+    tools = str(Path(flower_tool("flwr")).parent)
+    return {**os.environ, **OFFLINE_ENV, "PATH": tools + os.pathsep + os.environ.get("PATH", "")}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from aidmp.errors import AidmpError
-from aidmp.flower_tools import OFFLINE_ENV, flower_tool
+from aidmp.flower_tools import flower_env, flower_tool
 from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 
 CONNECTION = "aidmp"  # the connection name in $FLWR_HOME/config.toml
@@ -68,13 +68,7 @@ def write_connection(flwr_home: Path, superlink: str, ca: Path | None) -> str:
 
 
 def flwr_env(flwr_home: Path) -> dict[str, str]:
-    venv_bin = str(Path(flower_tool("flwr")).parent)
-    return {
-        **os.environ,
-        **OFFLINE_ENV,
-        "FLWR_HOME": str(flwr_home),
-        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
-    }
+    return {**flower_env(), "FLWR_HOME": str(flwr_home)}
 
 
 # Flower's words when nothing answers at the SuperLink's address (yet).

@@ -1,7 +1,11 @@
 """Certificates and node keys for a deployment: what TLS and node authentication need."""
 
+import os
 import ssl
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -40,3 +44,30 @@ def test_node_keys_are_p384_openssh_and_owner_only(tmp_path):
     assert stat.S_IMODE(private.stat().st_mode) == 0o600 and len(digest) == 64
     with pytest.raises(AidmpError, match="exists"):
         node_keygen(tmp_path / "node0")
+
+
+def test_flower_tools_find_each_other_without_an_activated_environment(monkeypatch):
+    """flower-superlink starts flower-superexec by name, and a SuperNode flwr-clientapp:
+    `.venv/bin/aidmp` run from a plain shell must still put them on PATH."""
+    from aidmp.flower_tools import flower_env
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = flower_env()
+    first = Path(env["PATH"].split(os.pathsep)[0])
+    for tool in ("flower-superexec", "flwr-serverapp", "flwr-clientapp"):
+        assert (first / tool).is_file(), tool
+    assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+
+
+def test_a_run_with_no_superlink_says_how_to_resume(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "aidmp.cli", "run", "--superlink", f"127.0.0.1:{port}",
+         "--insecure", "--flwr-home", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "--resume" in done.stderr
