@@ -289,7 +289,6 @@ def run_rounds(
                 grid, strategy, messages, rnd, timeout, record, names, min_replies
             )
         else:
-            messages = list(messages)
             replies = list(grid.send_and_receive(messages, timeout=timeout))
             _learn_names(replies, names)
             record.train_failures = _failures(replies, _sent_to(messages), names)
