@@ -19,7 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
+# The demo starts afresh: its institutions' ledgers would otherwise carry the last demo's
+# spend into this one, and they would decline rounds for lack of budget, as they must.
 demo: setup
+	rm -rf runs/demo
 	$(BIN)/aidmp simulate --task adult --institutions 5 --rounds 10 \
 		--partition dirichlet:0.5 --seed 0 --out runs/demo
 
