@@ -20,7 +20,7 @@ from torch import nn
 
 from aidmp.errors import AidmpError, DeclineCode, HeError
 from client.audit_trail import audit_mod
-from client.data import dataset_id, institution_name, local_data, node_state_dir
+from client.data import dataset_id, has_own_data, institution_name, local_data, node_state_dir
 from client.governed import Governed, governed_data
 from client.mods import client_dp_clipping_mod
 from privacy.he.node import HeRound
@@ -121,7 +121,7 @@ def train(msg: Message, context: Context) -> Message:
         loss = task.train(model, data.x_train, data.y_train, **hyper)
     else:
         # Where a budget is charged: privacy/node_round.py, before and after DP-SGD.
-        hyper["seed"] = release_seed(hyper["seed"], own_data="data" in context.node_config)
+        hyper["seed"] = release_seed(hyper["seed"], own_data=has_own_data(context.node_config))
         loss, spend = train_private_round(
             model,
             data,

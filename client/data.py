@@ -28,6 +28,13 @@ def simulated_institution(
     return institution_data(load_dataset(task), num_institutions, partition, seed, index)
 
 
+def has_own_data(node_config: Mapping[str, object]) -> bool:
+    """A node with its own data file (`aidmp node start --data`), as opposed to one that
+    serves a simulated split the researcher made. Only such a node keeps seeds the
+    coordinator must not know: its DP noise and its train/validation split."""
+    return "data" in node_config
+
+
 def local_data(node_config: Mapping[str, object], config: Mapping[str, object]) -> LocalData:
     """This node's data for the round's task.
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from client.data import has_own_data
 from governance.load import load_table
 from governance.pipeline import govern, site_secret
 from governance.policy import GovernanceError, Policy, load_policy
@@ -75,7 +76,7 @@ def governed_data(
     # The local train/validation split. A node with its own data splits by its own seed
     # (node config `split-seed`), never the coordinator's: the split decides which rows
     # train, and so the dataset its privacy ledger is keyed to, whatever job asks.
-    if "data" in node_config:
+    if has_own_data(node_config):
         split_seed = int(node_config.get("split-seed", 0))
     else:
         split_seed = int(config["seed"])
@@ -100,7 +101,7 @@ def _source(
     node_config: Mapping[str, Any], config: Mapping[str, Any], policy: Policy
 ) -> tuple[tuple[Any, ...], Any]:
     """A fingerprint of where the rows come from, and how to load them."""
-    if "data" in node_config:
+    if has_own_data(node_config):
         path = Path(str(node_config["data"]))
         if not path.is_file():
             raise GovernanceError(f"no data file at {path}; check the node's `data` setting")
