@@ -197,7 +197,14 @@ def decrypt_vector(
     """Decrypt `size` values, verifying every chunk's check slot (secret context)."""
     parts = []
     for i, blob in enumerate(chunks):
-        plain = np.asarray(parse(context, blob, f"{what}, chunk {i}").decrypt())
+        vector = parse(context, blob, f"{what}, chunk {i}")
+        try:
+            plain = np.asarray(vector.decrypt())
+        except (ValueError, RuntimeError) as exc:  # TenSEAL on a damaged body, e.g. its scale
+            raise HeError(
+                f"{what}, chunk {i}: does not decrypt ({exc}), so its check slot cannot be "
+                "read; it was made under other keys or altered on the way"
+            ) from None
         check = plain[0]
         if not abs(check - expected_check) <= CHECK_TOLERANCE * max(1.0, abs(expected_check)):
             raise HeError(
