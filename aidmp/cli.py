@@ -119,7 +119,7 @@ def _simulation_keys(args: argparse.Namespace) -> str:
     """--keys, or a throwaway ceremony in OUT/keys, announced as such."""
     from pathlib import Path
 
-    from privacy.he.keys import simulation_keys
+    from aidmp.privacy.he.keys import simulation_keys
 
     if args.keys:
         return args.keys
@@ -141,7 +141,7 @@ def _policy_for(args: argparse.Namespace) -> str:
         return ""
     if args.govern != "bundled":
         return args.govern
-    from simulations.runner import bundled_policy
+    from aidmp.simulations.runner import bundled_policy
 
     return str(bundled_policy(args.task))
 
@@ -185,7 +185,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
             "client-dp-clipping-norm": args.client_dp_clipping_norm,
         }
     )
-    from simulations.runner import PLOT_NAME, SUMMARY_NAME, simulate  # heavy imports: late
+    from aidmp.simulations.runner import PLOT_NAME, SUMMARY_NAME, simulate  # heavy imports: late
 
     summary = simulate(cfg, args.institutions, verbose=args.verbose)
     final, base = summary["final"], summary["centralized_baseline"]
@@ -248,7 +248,7 @@ def _ledger_parser(sub: argparse._SubParsersAction) -> None:
 def _run_ledger(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from privacy.ledger import LEDGER_NAME, PrivacyLedger, reset_ledger
+    from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger, reset_ledger
 
     path = Path(args.path)
     folder, file = (path, path / LEDGER_NAME) if path.is_dir() else (path.parent, path)
@@ -301,7 +301,7 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
 def _run_audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from simulations.membership import AUDIT_NAME, audit_run
+    from aidmp.simulations.membership import AUDIT_NAME, audit_run
 
     report = audit_run(Path(args.run), seed=args.seed)
     eps = report["claimed_epsilon_by_institution"]
@@ -333,7 +333,7 @@ def _keys_parser(sub: argparse._SubParsersAction) -> None:
 def _run_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from privacy.he.keys import (
+    from aidmp.privacy.he.keys import (
         COORDINATOR_FILE,
         INSTITUTION_FILE,
         inspect_key_file,
@@ -372,12 +372,12 @@ def _govern_parser(sub: argparse._SubParsersAction) -> None:
 def _run_govern(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from governance.load import load_table
-    from governance.policy import load_policy
+    from aidmp.governance.load import load_table
+    from aidmp.governance.policy import load_policy
 
     data = Path(args.data)
     if args.verb == "init":
-        from governance.draft import draft_policy, write_draft
+        from aidmp.governance.draft import draft_policy, write_draft
 
         out = Path(args.out)
         if out.exists():
@@ -392,8 +392,8 @@ def _run_govern(args: argparse.Namespace) -> int:
         print("tagged: " + (", ".join(tags) or "nothing"))
         print("review it before use: every line was inferred from the data")
         return 0
-    from governance.pipeline import govern, site_secret
-    from governance.report import local_report, write_reports
+    from aidmp.governance.pipeline import govern, site_secret
+    from aidmp.governance.report import local_report, write_reports
 
     policy, sha = load_policy(Path(args.policy))
     result = govern(load_table(data, encoding=policy.encoding, delimiter=policy.delimiter),
@@ -429,7 +429,7 @@ def _pilot_data_parser(sub: argparse._SubParsersAction) -> None:
 def _run_pilot_data(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from simulations.pilot_sites import write_pilot_sites
+    from aidmp.simulations.pilot_sites import write_pilot_sites
 
     folders = write_pilot_sites(
         Path(args.out), args.sites, task=args.task, rows=args.rows, seed=args.seed
@@ -450,7 +450,7 @@ def _audit_log_parser(sub: argparse._SubParsersAction) -> None:
 def _run_audit_log(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from privacy.audit import AUDIT_NAME, summarize, verify_audit_log
+    from aidmp.privacy.audit import AUDIT_NAME, summarize, verify_audit_log
 
     path = Path(args.path)
     path = path / AUDIT_NAME if path.is_dir() else path
@@ -482,7 +482,7 @@ def _certs_parser(sub: argparse._SubParsersAction) -> None:
 def _run_certs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from server.certs import init_certs
+    from aidmp.server.certs import init_certs
 
     for path in init_certs(Path(args.dir), args.host, args.days):
         print(f"wrote {path}")
@@ -504,7 +504,7 @@ def _node_parser(sub: argparse._SubParsersAction) -> None:
 def _run_node(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from client.node_keys import node_keygen
+    from aidmp.client.node_keys import node_keygen
 
     private, public, digest = node_keygen(Path(args.out))
     print(f"wrote {private} (private: stays on this node) and {public} (send to the coordinator)")
@@ -545,7 +545,7 @@ def _run_coordinator(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aidmp.flower_tools import flower_env
-    from server.superlink import default_flwr_home, register_node, superlink_command
+    from aidmp.server.superlink import default_flwr_home, register_node, superlink_command
 
     if args.verb == "start":
         cmd = superlink_command(
@@ -580,8 +580,8 @@ def _run_node_start(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from aidmp.client.supernode import node_config, supernode_command
     from aidmp.flower_tools import flower_env
-    from client.supernode import node_config, supernode_command
 
     config = node_config(
         data=Path(args.data), policy=Path(args.policy), state_dir=Path(args.ledger),
@@ -621,7 +621,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aidmp.flower_tools import flower_tool
-    from server.superlink import default_flwr_home, flwr_env, write_connection
+    from aidmp.server.superlink import default_flwr_home, flwr_env, write_connection
 
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))

@@ -17,9 +17,9 @@ import time
 import torch
 
 from aidmp.errors import PrivacyError
-from privacy.dp import GRAD_SAMPLE_MODES, train_dp
-from simulations.partition import institution_data
-from tasks import get_task, load_dataset
+from aidmp.privacy.dp import GRAD_SAMPLE_MODES, train_dp
+from aidmp.simulations.partition import institution_data
+from aidmp.tasks import get_task, load_dataset
 
 
 def epoch_seconds(fn) -> tuple[float, float]:

@@ -29,8 +29,8 @@ import numpy as np
 import tenseal as ts
 
 from aidmp.config import RunConfig
-from privacy.he.keys import CkksParams, key_ceremony, load_context
-from privacy.he.packing import (
+from aidmp.privacy.he.keys import CkksParams, key_ceremony, load_context
+from aidmp.privacy.he.packing import (
     EncryptedSum,
     add_vectors,
     decrypt_vector,
@@ -133,7 +133,7 @@ def flare_baseline(size: int, repeats: int) -> dict[str, float]:
 
 
 def round_seconds(cfg: RunConfig, institutions: int) -> list[float]:
-    from simulations.runner import simulate
+    from aidmp.simulations.runner import simulate
 
     summary = simulate(cfg, institutions)
     return [r["elapsed_s"] for r in summary["per_round"][1:]]

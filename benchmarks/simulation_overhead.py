@@ -28,8 +28,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from aidmp.config import RunConfig
-from server.federation import run_federation
-from simulations.runner import prepare, run_flower_simulation
+from aidmp.server.federation import run_federation
+from aidmp.simulations.runner import prepare, run_flower_simulation
 
 # --- the trivial Flower app: the engine's own cost per message ---------------
 trivial_client = ClientApp()

@@ -18,18 +18,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from aidmp.client.audit_trail import audit_mod
+from aidmp.client.data import dataset_id, has_own_data, institution_name, local_data, node_state_dir
+from aidmp.client.governed import Governed, governed_data
+from aidmp.client.mods import client_dp_clipping_mod
 from aidmp.errors import AidmpError, DeclineCode, HeError
-from client.audit_trail import audit_mod
-from client.data import dataset_id, has_own_data, institution_name, local_data, node_state_dir
-from client.governed import Governed, governed_data
-from client.mods import client_dp_clipping_mod
-from privacy.he.node import HeRound
-from privacy.he.state import UPDATE_KEY, WIRE_KEY
-from privacy.node_round import release_seed, train_private_round
-from privacy.policy import resolve_dp_policy
-from strategies.client_dp import CLIENT_WEIGHT_KEY
-from tasks import Task, get_task
-from tasks.base import LocalData
+from aidmp.privacy.he.node import HeRound
+from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
+from aidmp.privacy.node_round import release_seed, train_private_round
+from aidmp.privacy.policy import resolve_dp_policy
+from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY
+from aidmp.tasks import Task, get_task
+from aidmp.tasks.base import LocalData
 
 log = logging.getLogger("aidmp.client")
 

@@ -16,10 +16,10 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_to_proto
 
+from aidmp.client.data import institution_name, node_state_dir
+from aidmp.client.governed import policy_path
 from aidmp.errors import AidmpError
-from client.data import institution_name, node_state_dir
-from client.governed import policy_path
-from privacy.audit import AUDIT_NAME, AuditEntry, AuditLog, payload_digest
+from aidmp.privacy.audit import AUDIT_NAME, AuditEntry, AuditLog, payload_digest
 
 log = logging.getLogger("aidmp.client")
 _warned = False

@@ -24,15 +24,15 @@ from typing import Any
 
 import pandas as pd
 
-from client.data import has_own_data
-from governance.load import load_table
-from governance.pipeline import govern, site_secret
-from governance.policy import GovernanceError, Policy, load_policy
-from governance.report import coordinator_summary, local_report, write_reports
-from simulations.partition import local_split, partition_indices
-from simulations.scenarios import apply_scenario, parse_scenario
-from tasks import get_task, load_dataset
-from tasks.base import LocalData
+from aidmp.client.data import has_own_data
+from aidmp.governance.load import load_table
+from aidmp.governance.pipeline import govern, site_secret
+from aidmp.governance.policy import GovernanceError, Policy, load_policy
+from aidmp.governance.report import coordinator_summary, local_report, write_reports
+from aidmp.simulations.partition import local_split, partition_indices
+from aidmp.simulations.scenarios import apply_scenario, parse_scenario
+from aidmp.tasks import get_task, load_dataset
+from aidmp.tasks.base import LocalData
 
 CACHE_SIZE = 4
 

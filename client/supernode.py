@@ -14,8 +14,8 @@ from pathlib import Path
 
 from aidmp.errors import AidmpError
 from aidmp.flower_tools import flower_tool
-from governance.policy import load_policy
-from privacy.he.keys import load_context
+from aidmp.governance.policy import load_policy
+from aidmp.privacy.he.keys import load_context
 
 
 def _quoted(value: str) -> str:

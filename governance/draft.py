@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from governance.pii import scan_frame
-from governance.policy import DEFAULT_PII_ACTIONS, DIRECT_IDENTIFIERS, Policy
+from aidmp.governance.pii import scan_frame
+from aidmp.governance.policy import DEFAULT_PII_ACTIONS, DIRECT_IDENTIFIERS, Policy
 
 MAX_CATEGORIES = 50
 # Columns that single people out in combination (Sweeney's classic triple and kin).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from governance.policy import GovernanceError
+from aidmp.governance.policy import GovernanceError
 
 SNIFF_BYTES = 64 * 1024
 DELIMITERS = ",;\t|"

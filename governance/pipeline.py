@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from governance.pii import scan_frame
-from governance.policy import DIRECT_IDENTIFIERS, ColumnRule, Policy
+from aidmp.governance.pii import scan_frame
+from aidmp.governance.policy import DIRECT_IDENTIFIERS, ColumnRule, Policy
 
 TRUE_WORDS = frozenset({"true", "yes", "y", "1", "t"})
 FALSE_WORDS = frozenset({"false", "no", "n", "0", "f"})
@@ -350,7 +350,7 @@ class _Run:
 
 
 def raise_no_secret(env: str) -> None:
-    from governance.policy import GovernanceError
+    from aidmp.governance.policy import GovernanceError
 
     raise GovernanceError(
         f"the policy hashes a column but ${env} is not set; set it to this site's secret "

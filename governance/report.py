@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from aidmp.atomic import atomic_write_bytes, atomic_write_json
-from governance.pipeline import GovernanceResult
-from governance.policy import Policy
+from aidmp.governance.pipeline import GovernanceResult
+from aidmp.governance.policy import Policy
 
 REPORT_JSON = "governance-report.json"
 REPORT_HTML = "governance-report.html"

@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from aidmp.errors import PrivacyError
-from privacy import fast_dp
-from privacy.ledger import Accountant, BudgetExhausted, Charge, epsilon_of
-from privacy.proximal import ProximalPull
+from aidmp.privacy import fast_dp
+from aidmp.privacy.ledger import Accountant, BudgetExhausted, Charge, epsilon_of
+from aidmp.privacy.proximal import ProximalPull
 
 # "linear" is our own clipping for Linear/ReLU stacks (privacy/fast_dp.py); "hooks"
 # and "functorch" are Opacus's. "auto" takes "linear" where the model allows it,

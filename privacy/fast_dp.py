@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from aidmp.errors import PrivacyError
-from privacy.ledger import Charge
-from privacy.proximal import ProximalPull
+from aidmp.privacy.ledger import Charge
+from aidmp.privacy.proximal import ProximalPull
 
 
 def supports(model: nn.Module) -> bool:

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from aidmp.errors import PrivacyError
-from privacy.dp import RoundShape, check_delta, plan_noise_multiplier, train_dp
-from privacy.ledger import PrivacyLedger, ledger_lock
-from privacy.policy import DPPolicy
-from tasks.base import LocalData
+from aidmp.privacy.dp import RoundShape, check_delta, plan_noise_multiplier, train_dp
+from aidmp.privacy.ledger import PrivacyLedger, ledger_lock
+from aidmp.privacy.policy import DPPolicy
+from aidmp.tasks.base import LocalData
 
 
 @dataclass(frozen=True)

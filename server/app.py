@@ -8,7 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from aidmp.config import RunConfig
-from server.federation import run_federation
+from aidmp.server.federation import run_federation
 
 app = ServerApp()
 

@@ -20,8 +20,8 @@ from flwr.serverapp.strategy import Strategy
 from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
-from privacy.he.keys import inspect_context
-from server.checkpoint import (
+from aidmp.privacy.he.keys import inspect_context
+from aidmp.server.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
     check_resumable,
@@ -29,11 +29,11 @@ from server.checkpoint import (
     save_checkpoint,
     set_aside,
 )
-from server.rounds import CentralEval, RoundRecord, run_rounds
-from strategies import build_strategy, restore_strategy_state, strategy_state
-from strategies.client_dp import ClientLevelDP
-from strategies.encrypted import EncryptedFedAvg
-from tasks import get_task, load_dataset
+from aidmp.server.rounds import CentralEval, RoundRecord, run_rounds
+from aidmp.strategies import build_strategy, restore_strategy_state, strategy_state
+from aidmp.strategies.client_dp import ClientLevelDP
+from aidmp.strategies.encrypted import EncryptedFedAvg
+from aidmp.tasks import get_task, load_dataset
 
 log = getLogger("aidmp.server")
 

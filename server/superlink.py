@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aidmp.errors import AidmpError
 from aidmp.flower_tools import flower_env, flower_tool
-from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
+from aidmp.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 
 CONNECTION = "aidmp"  # the connection name in $FLWR_HOME/config.toml
 

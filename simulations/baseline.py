@@ -12,7 +12,7 @@ import time
 import torch
 
 from aidmp.config import RunConfig
-from tasks import get_task, load_dataset
+from aidmp.tasks import get_task, load_dataset
 
 
 def centralized_baseline(cfg: RunConfig) -> dict[str, float]:

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from aidmp.errors import AidmpError
-from tasks.base import Dataset, LocalData
+from aidmp.tasks.base import Dataset, LocalData
 
 MIN_ROWS = 2
 # Label-skew draws can leave an institution with too few rows; we redraw (seeded)

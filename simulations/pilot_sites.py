@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from aidmp.errors import AidmpError
-from simulations.runner import bundled_policy
-from tasks import get_task
+from aidmp.simulations.runner import bundled_policy
+from aidmp.tasks import get_task
 
 DATA_NAME = "rows.csv"
 POLICY_NAME = "policy.yaml"

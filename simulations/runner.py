@@ -22,19 +22,19 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from aidmp.atomic import atomic_write_json
+from aidmp.client.app import app as client_app
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
-from client.app import app as client_app
-from governance.policy import load_policy
-from privacy.he.keys import key_file_for, load_context
-from privacy.he.state import EncryptedGlobal, unflatten_state
-from server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
-from server.federation import REPORT_NAME, run_federation
-from simulations.baseline import centralized_baseline
-from simulations.partition import parse_partition, partition_indices
-from simulations.plots import plot_metrics
-from simulations.scenarios import parse_scenario
-from tasks import get_task, load_dataset
+from aidmp.governance.policy import load_policy
+from aidmp.privacy.he.keys import key_file_for, load_context
+from aidmp.privacy.he.state import EncryptedGlobal, unflatten_state
+from aidmp.server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
+from aidmp.server.federation import REPORT_NAME, run_federation
+from aidmp.simulations.baseline import centralized_baseline
+from aidmp.simulations.partition import parse_partition, partition_indices
+from aidmp.simulations.plots import plot_metrics
+from aidmp.simulations.scenarios import parse_scenario
+from aidmp.tasks import get_task, load_dataset
 
 SUMMARY_NAME = "summary.json"
 PLOT_NAME = "metrics.png"

@@ -5,7 +5,7 @@ from our run config in one place, plus the state a checkpoint must keep so that 
 resumed run aggregates exactly as an uninterrupted one would.
 """
 
-from strategies.factory import STRATEGY_NAMES, build_strategy
-from strategies.state import restore_strategy_state, strategy_state
+from aidmp.strategies.factory import STRATEGY_NAMES, build_strategy
+from aidmp.strategies.state import restore_strategy_state, strategy_state
 
 __all__ = ["STRATEGY_NAMES", "build_strategy", "restore_strategy_state", "strategy_state"]

@@ -22,9 +22,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 
 from aidmp.errors import HeError
-from privacy.he.keys import fingerprint
-from privacy.he.packing import EncryptedSum, add_vectors, encrypt_initial_global
-from privacy.he.state import UPDATE_KEY, WIRE_KEY, EncryptedGlobal, flatten_state
+from aidmp.privacy.he.keys import fingerprint
+from aidmp.privacy.he.packing import EncryptedSum, add_vectors, encrypt_initial_global
+from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY, EncryptedGlobal, flatten_state
 
 log = getLogger("aidmp.server")
 

@@ -23,9 +23,9 @@ from flwr.serverapp.strategy import (
 
 from aidmp.config import RunConfig, StrategyName
 from aidmp.errors import AidmpError
-from privacy.he.keys import key_file_for, load_context
-from strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
-from strategies.encrypted import EncryptedFedAvg
+from aidmp.privacy.he.keys import key_file_for, load_context
+from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
+from aidmp.strategies.encrypted import EncryptedFedAvg
 
 STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
 

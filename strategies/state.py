@@ -11,7 +11,7 @@ import json
 import numpy as np
 from flwr.serverapp.strategy import FedAvgM, Strategy
 
-from strategies.client_dp import ClientLevelDP
+from aidmp.strategies.client_dp import ClientLevelDP
 
 
 def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:

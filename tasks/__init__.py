@@ -6,14 +6,14 @@ import functools
 import importlib
 
 from aidmp.errors import AidmpError
-from tasks.base import Dataset, Task
+from aidmp.tasks.base import Dataset, Task
 
 # name -> module; modules are imported lazily so a missing optional dataset
 # package only matters for the task that needs it.
 _TASK_MODULES = {
-    "adult": "tasks.adult",
-    "breast-cancer": "tasks.breast_cancer",
-    "mnist": "tasks.mnist",
+    "adult": "aidmp.tasks.adult",
+    "breast-cancer": "aidmp.tasks.breast_cancer",
+    "mnist": "aidmp.tasks.mnist",
 }
 
 TASK_NAMES = tuple(_TASK_MODULES)

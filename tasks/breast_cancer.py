@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from tasks.base import Dataset, Task, evaluate_classifier, stratified_holdout, train_classifier
+from aidmp.tasks.base import (
+    Dataset,
+    Task,
+    evaluate_classifier,
+    stratified_holdout,
+    train_classifier,
+)
 
 NUM_FEATURES = 30
 

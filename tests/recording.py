@@ -5,8 +5,8 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from aidmp.config import RunConfig
-from server.federation import run_federation
-from simulations.runner import prepare, run_flower_simulation
+from aidmp.server.federation import run_federation
+from aidmp.simulations.runner import prepare, run_flower_simulation
 
 
 class RecordingGrid:

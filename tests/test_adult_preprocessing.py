@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from aidmp.errors import AidmpError
-from tasks.adult import CATEGORIES, FEATURE_NAMES, NUMERIC, encode_features, encode_labels
+from aidmp.tasks.adult import CATEGORIES, FEATURE_NAMES, NUMERIC, encode_features, encode_labels
 
 
 def _rows():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aidmp.errors import AidmpError, DeclineCode
-from privacy.audit import (
+from aidmp.privacy.audit import (
     AUDIT_NAME,
     GENESIS,
     AuditEntry,
@@ -233,7 +233,7 @@ def test_missing_file_is_an_error(tmp_path):
 
 _WRITER = """
 import sys
-from privacy.audit import AuditEntry, AuditLog, payload_digest
+from aidmp.privacy.audit import AuditEntry, AuditLog, payload_digest
 log, who = AuditLog(sys.argv[1]), sys.argv[2]
 for i in range(50):
     digest, size = payload_digest(f"{who} {i}".encode())

@@ -5,7 +5,7 @@ import pytest
 
 from aidmp.atomic import atomic_write_bytes
 from aidmp.errors import AidmpError
-from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from aidmp.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 
 def test_round_trip(tmp_path):
@@ -56,8 +56,8 @@ def test_missing_checkpoint_says_how_to_start(tmp_path):
 
 def test_a_crash_in_round_one_leaves_the_job_on_record_for_resume(tmp_path):
     from aidmp.config import RunConfig
-    from server.checkpoint import CHECKPOINT_NAME
-    from server.federation import run_federation
+    from aidmp.server.checkpoint import CHECKPOINT_NAME
+    from aidmp.server.federation import run_federation
 
     class Gone:  # the SuperLink is lost as round 1 begins
         def get_node_ids(self):
@@ -80,8 +80,8 @@ def test_a_crash_in_round_one_leaves_the_job_on_record_for_resume(tmp_path):
 def test_a_new_job_in_the_same_folder_keeps_the_old_checkpoint(tmp_path):
     """A restarted coordinator that forgets --resume must not lose the job it stopped."""
     from aidmp.config import RunConfig
-    from server.checkpoint import CHECKPOINT_NAME
-    from server.federation import run_federation
+    from aidmp.server.checkpoint import CHECKPOINT_NAME
+    from aidmp.server.federation import run_federation
 
     class Gone:
         def get_node_ids(self):

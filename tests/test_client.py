@@ -7,11 +7,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from aidmp.client.app import evaluate, train
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
-from client.app import evaluate, train
-from server.federation import round_config_for
-from tasks import get_task
+from aidmp.server.federation import round_config_for
+from aidmp.tasks import get_task
 
 
 def _context(node_config):
@@ -88,7 +88,7 @@ def test_config_without_a_task_key_declines():
 
 @pytest.mark.parametrize("kind", ["train", "evaluate"])
 def test_local_data_is_loaded_once_per_process(kind):
-    from client.data import simulated_institution
+    from aidmp.client.data import simulated_institution
 
     handler = train if kind == "train" else evaluate
     handler(_request(kind, CFG)[0], _context(NODE))

@@ -12,15 +12,15 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
+from aidmp.client import governed as governed_module
+from aidmp.client.app import app
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
-from client import governed as governed_module
-from client.app import app
-from privacy.audit import AUDIT_NAME, verify_audit_log
-from server.federation import round_config_for
-from simulations.runner import bundled_policy
-from simulations.scenarios import made_up_pii
-from tasks import get_task
+from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
+from aidmp.server.federation import round_config_for
+from aidmp.simulations.runner import bundled_policy
+from aidmp.simulations.scenarios import made_up_pii
+from aidmp.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +88,11 @@ def test_a_failure_inside_the_node_is_an_audited_decline_without_data(site, monk
 
     import dataclasses
 
-    import tasks.adult
+    import aidmp.tasks.adult
 
-    monkeypatch.setattr(tasks.adult, "TASK", dataclasses.replace(tasks.adult.TASK, encode=broken))
+    monkeypatch.setattr(
+        aidmp.tasks.adult, "TASK", dataclasses.replace(aidmp.tasks.adult.TASK, encode=broken)
+    )
     governed_module._cache.clear()
     node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
             "state-dir": str(site / "state4")}  # fmt: skip
@@ -134,7 +136,7 @@ def test_each_release_draws_secret_noise_and_is_charged_once(site):
 
 
 def test_a_simulated_node_keeps_the_run_seed_so_a_run_repeats():
-    from privacy.node_round import release_seed
+    from aidmp.privacy.node_round import release_seed
 
     assert release_seed(1234, own_data=False) == 1234
     assert release_seed(1234, own_data=True) != release_seed(1234, own_data=True)

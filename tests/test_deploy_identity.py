@@ -11,9 +11,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from aidmp.client.node_keys import node_keygen
 from aidmp.errors import AidmpError
-from client.node_keys import node_keygen
-from server.certs import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, init_certs, server_hosts
+from aidmp.server.certs import CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, init_certs, server_hosts
 
 
 def test_the_server_certificate_is_signed_by_the_ca_and_names_its_hosts(tmp_path):

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from privacy.audit import AUDIT_NAME, verify_audit_log
-from privacy.ledger import LEDGER_NAME
-from server.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from simulations.runner import bundled_policy
-from tasks import get_task
+from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
+from aidmp.privacy.ledger import LEDGER_NAME
+from aidmp.server.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from aidmp.simulations.runner import bundled_policy
+from aidmp.tasks import get_task
 
 pytestmark = [
     pytest.mark.slow,

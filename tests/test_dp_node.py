@@ -7,15 +7,15 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
+from aidmp.client.app import train
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError, DeclineCode, PrivacyError
-from client.app import train
-from privacy.dp import train_dp
-from privacy.ledger import LEDGER_NAME, PrivacyLedger
-from privacy.policy import resolve_dp_policy
-from server.federation import round_config_for
-from simulations.membership import attack_metrics
-from tasks import get_task
+from aidmp.privacy.dp import train_dp
+from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
+from aidmp.privacy.policy import resolve_dp_policy
+from aidmp.server.federation import round_config_for
+from aidmp.simulations.membership import attack_metrics
+from aidmp.tasks import get_task
 
 NODE = {"partition-id": 0, "num-partitions": 3}
 
@@ -146,8 +146,8 @@ def test_two_releases_training_at_once_are_both_charged(tmp_path, monkeypatch):
     the ledger, which is exactly the overlap the lock must prevent."""
     import threading
 
-    import privacy.node_round as node_round
-    from privacy.policy import DPPolicy
+    import aidmp.privacy.node_round as node_round
+    from aidmp.privacy.policy import DPPolicy
 
     opened = threading.Barrier(2, timeout=1.0)
     real_open = node_round.open_ledger
@@ -160,7 +160,7 @@ def test_two_releases_training_at_once_are_both_charged(tmp_path, monkeypatch):
 
     monkeypatch.setattr(node_round, "open_ledger", open_then_wait)
     data = get_task("breast-cancer").load()
-    from tasks.base import LocalData
+    from aidmp.tasks.base import LocalData
 
     local = LocalData(data.x_train[:200], data.y_train[:200], data.x_test, data.y_test)
     policy = DPPolicy.model_validate(

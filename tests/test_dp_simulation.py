@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from client.data import dataset_id, simulated_institution
-from privacy.ledger import LEDGER_NAME, Charge, PrivacyLedger
+from aidmp.client.data import dataset_id, simulated_institution
+from aidmp.privacy.ledger import LEDGER_NAME, Charge, PrivacyLedger
 
 pytestmark = pytest.mark.slow
 

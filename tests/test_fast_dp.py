@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from aidmp.errors import PrivacyError
-from privacy.dp import RoundShape, train_dp
-from privacy.fast_dp import clipped_gradient_sum, supports, train_dp_linear
-from tasks import get_task
+from aidmp.privacy.dp import RoundShape, train_dp
+from aidmp.privacy.fast_dp import clipped_gradient_sum, supports, train_dp_linear
+from aidmp.tasks import get_task
 
 
 def _explicit_clipped_sum(model, xb, yb, clip):

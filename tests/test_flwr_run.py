@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from privacy.he.keys import key_ceremony
+from aidmp.privacy.he.keys import key_ceremony
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from governance.draft import draft_policy
-from governance.load import load_table
-from governance.pipeline import govern
-from governance.policy import GovernanceError, Policy, load_policy
-from governance.report import coordinator_summary
+from aidmp.governance.draft import draft_policy
+from aidmp.governance.load import load_table
+from aidmp.governance.pipeline import govern
+from aidmp.governance.policy import GovernanceError, Policy, load_policy
+from aidmp.governance.report import coordinator_summary
 
 SECRET = b"site-secret-for-tests"
 

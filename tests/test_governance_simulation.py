@@ -13,13 +13,13 @@ import pytest
 from flwr.app import Message
 from flwr.common.serde import recorddict_to_proto
 
+from aidmp.client.governed import _source
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
-from client.governed import _source
-from governance.policy import load_policy
-from privacy.audit import AUDIT_NAME, verify_audit_log
-from server.federation import REPORT_NAME
-from simulations.runner import bundled_policy
+from aidmp.governance.policy import load_policy
+from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
+from aidmp.server.federation import REPORT_NAME
+from aidmp.simulations.runner import bundled_policy
 from tests.recording import run_recorded
 
 pytestmark = pytest.mark.slow

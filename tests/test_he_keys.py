@@ -6,7 +6,7 @@ import pytest
 import tenseal as ts
 
 from aidmp.errors import AidmpError
-from privacy.he.keys import (
+from aidmp.privacy.he.keys import (
     COORDINATOR_FILE,
     FINGERPRINT_FILE,
     INSTITUTION_FILE,

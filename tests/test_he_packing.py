@@ -5,8 +5,8 @@ import pytest
 import tenseal as ts
 
 from aidmp.errors import HeError
-from privacy.he.keys import COORDINATOR_FILE, INSTITUTION_FILE, key_ceremony, load_context
-from privacy.he.packing import (
+from aidmp.privacy.he.keys import COORDINATOR_FILE, INSTITUTION_FILE, key_ceremony, load_context
+from aidmp.privacy.he.packing import (
     EncryptedSum,
     HeRange,
     add_vectors,

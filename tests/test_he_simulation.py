@@ -13,10 +13,10 @@ import tenseal as ts
 from flwr.app import Message
 
 from aidmp.config import RunConfig
-from privacy.he.keys import COORDINATOR_FILE, INSTITUTION_FILE, key_ceremony, load_context
-from privacy.he.state import UPDATE_KEY, EncryptedGlobal
-from server.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from server.federation import REPORT_NAME
+from aidmp.privacy.he.keys import COORDINATOR_FILE, INSTITUTION_FILE, key_ceremony, load_context
+from aidmp.privacy.he.state import UPDATE_KEY, EncryptedGlobal
+from aidmp.server.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from aidmp.server.federation import REPORT_NAME
 from tests.recording import run_recorded
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_he_run_ends_where_the_plaintext_run_ends(runs):
 def _initial(root: Path) -> np.ndarray:
     import torch
 
-    from tasks import get_task
+    from aidmp.tasks import get_task
 
     torch.manual_seed(3)
     model = get_task("breast-cancer").build_model()

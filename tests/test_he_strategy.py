@@ -14,20 +14,20 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedAvgM
 
+from aidmp.client.app import evaluate, train
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError, DeclineCode, HeError
-from client.app import evaluate, train
-from privacy.he.keys import (
+from aidmp.privacy.he.keys import (
     COORDINATOR_FILE,
     INSTITUTION_FILE,
     key_ceremony,
     load_context,
 )
-from privacy.he.state import UPDATE_KEY, WIRE_KEY, EncryptedGlobal, flatten_state
-from server.federation import round_config_for
-from strategies import build_strategy
-from strategies.encrypted import EncryptedFedAvg
-from tasks import get_task
+from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY, EncryptedGlobal, flatten_state
+from aidmp.server.federation import round_config_for
+from aidmp.strategies import build_strategy
+from aidmp.strategies.encrypted import EncryptedFedAvg
+from aidmp.tasks import get_task
 
 NODES = 3
 
@@ -249,7 +249,12 @@ def test_evaluation_decrypts_the_global_model(keys):
 
 
 def test_the_encrypted_model_survives_a_checkpoint_and_other_keys_cannot_resume_it(keys, tmp_path):
-    from server.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
+    from aidmp.server.checkpoint import (
+        Checkpoint,
+        check_resumable,
+        load_checkpoint,
+        save_checkpoint,
+    )
 
     cfg = _cfg(keys)
     strategy = build_strategy(cfg)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from governance.pii import (
+from aidmp.governance.pii import (
     PII_TYPES,
     SAMPLE_HEAD,
     SAMPLE_SPREAD,

@@ -5,7 +5,7 @@ import pytest
 
 from aidmp.cli import main
 from aidmp.errors import AidmpError
-from simulations.pilot_sites import write_pilot_sites
+from aidmp.simulations.pilot_sites import write_pilot_sites
 
 
 def test_sites_get_disjoint_real_rows_and_a_policy_their_data_passes(tmp_path, capsys):

@@ -10,8 +10,8 @@ import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from aidmp.errors import DeclineCode, PrivacyError
-from privacy.dp import RoundShape, check_delta, plan_noise_multiplier
-from privacy.ledger import (
+from aidmp.privacy.dp import RoundShape, check_delta, plan_noise_multiplier
+from aidmp.privacy.ledger import (
     ADMIN_LOG_NAME,
     LEDGER_NAME,
     BudgetExhausted,
@@ -137,7 +137,7 @@ def test_verify_finds_a_miscounted_release_and_a_message_charged_twice(tmp_path)
 WRITER = """
 import sys
 from pathlib import Path
-from privacy.ledger import Charge, PrivacyLedger
+from aidmp.privacy.ledger import Charge, PrivacyLedger
 ledger = PrivacyLedger.open(Path(sys.argv[1]), dataset="c" * 64, budget_epsilon=1e9, delta=1e-5)
 print("ready", flush=True)
 i = 0

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from server.checkpoint import load_checkpoint
+from aidmp.server.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

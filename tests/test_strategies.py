@@ -6,7 +6,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg
 
 from aidmp.config import RunConfig
-from strategies import build_strategy, restore_strategy_state, strategy_state
+from aidmp.strategies import build_strategy, restore_strategy_state, strategy_state
 
 RNG = np.random.default_rng(7)
 SHAPES = {"w": (3, 4), "b": (4,)}
@@ -135,7 +135,7 @@ def test_error_replies_are_skipped_not_fatal():
 
 def test_client_level_dp_wraps_fedavg_with_equal_weights_and_refuses_the_rest():
     from aidmp.errors import AidmpError
-    from strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
+    from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
 
     cfg = RunConfig(client_dp=True, min_available_nodes=5, fraction_train=0.6, min_nodes=2)
     strategy = build_strategy(cfg)
@@ -162,7 +162,7 @@ def test_client_level_dp_accountant_survives_a_checkpoint():
 def test_a_failure_the_superlink_reports_for_a_vanished_node_names_that_node():
     from flwr.app import Error, Message, RecordDict
 
-    from server.rounds import _failures
+    from aidmp.server.rounds import _failures
 
     sent = Message(RecordDict(), dst_node_id=42, message_type="train")
     sent.metadata.__dict__["_message_id"] = "m-1"
@@ -176,7 +176,7 @@ def test_a_node_silent_past_the_round_timeout_is_recorded_by_name():
     from flwr.app import Message, MetricRecord, RecordDict
 
     from aidmp.errors import DeclineCode
-    from server.rounds import _silent
+    from aidmp.server.rounds import _silent
 
     sent = []
     for node, mid in ((7, "m-7"), (8, "m-8")):
@@ -194,7 +194,7 @@ def test_a_round_with_fewer_usable_updates_than_min_nodes_is_skipped():
     every instruction expires when the round stops waiting for it."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-    from server.rounds import run_rounds
+    from aidmp.server.rounds import run_rounds
 
     cfg = RunConfig(min_nodes=2, min_available_nodes=2)
     strategy = build_strategy(cfg)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
-from tasks import TASK_NAMES, get_task, load_dataset
-from tasks.base import stratified_holdout
-from tasks.breast_cancer import read_raw
+from aidmp.tasks import TASK_NAMES, get_task, load_dataset
+from aidmp.tasks.base import stratified_holdout
+from aidmp.tasks.breast_cancer import read_raw
 
 
 def test_breast_cancer_csv_is_what_sklearn_loads():

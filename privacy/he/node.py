@@ -20,9 +20,9 @@ import torch
 from flwr.app import ConfigRecord
 
 from aidmp.errors import HeError
-from privacy.he.keys import fingerprint, key_file_for, load_context
-from privacy.he.packing import check_range, encrypt_update
-from privacy.he.state import EncryptedGlobal, flatten_state, unflatten_state
+from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
+from aidmp.privacy.he.packing import check_range, encrypt_update
+from aidmp.privacy.he.state import EncryptedGlobal, flatten_state, unflatten_state
 
 KEYS_CONFIG = "he-keys"
 

@@ -19,7 +19,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from aidmp.errors import HeError
-from privacy.he.packing import decrypt_vector
+from aidmp.privacy.he.packing import decrypt_vector
 
 WIRE_KEY = "he"  # RecordDict key of the encrypted global state, coordinator -> node
 UPDATE_KEY = "he-update"  # RecordDict key of a node's encrypted update, node -> coordinator

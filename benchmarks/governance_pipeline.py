@@ -9,28 +9,23 @@ generalized. Reported: reading the table back from Parquet, the pipeline itself
 actions, k-anonymity on two quasi-identifiers, decision), medians of --repeats.
 Goal: the pipeline in <= 5 s for 1M x 20.
 
-    python benchmarks/governance.py [--rows 1000000] [--repeats 3]
+    python benchmarks/governance_pipeline.py [--rows 1000000] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, and this module's name
-# would hide the `governance` package it measures.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from governance.load import load_table  # noqa: E402
-from governance.pipeline import govern  # noqa: E402
-from governance.policy import Policy  # noqa: E402
+from aidmp.governance.load import load_table
+from aidmp.governance.pipeline import govern
+from aidmp.governance.policy import Policy
 
 
 def generate(rows: int, seed: int = 0) -> pd.DataFrame:
