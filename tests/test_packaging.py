@@ -1,0 +1,115 @@
+"""The project installs as one package, `aidmp`, and its scripts run from any folder.
+
+The wheel test builds the real wheel and installs it (not editable) into a fresh
+virtual environment. The dependencies come from this environment's site-packages
+through a path file, so nothing is downloaded but the build backend; the fresh
+environment's own site-packages then shows exactly what this project installs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
+
+
+def _site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without anything that would point Python at the checkout."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_only_aidmp_and_simulates_from_outside_the_repo(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = wheels.glob("aidmp-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    site = _site_packages(venv)
+    before = {p.name for p in site.iterdir()}
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    added = {p.name for p in site.iterdir()} - before
+    assert added == {"aidmp", "aidmp-0.1.0.dist-info"}, added
+    for room in ("server", "client", "strategies", "privacy", "simulations", "tasks"):
+        assert (site / "aidmp" / room / "__init__.py").is_file(), room
+        assert not (site / room).exists(), room
+    assert (site / "aidmp" / "simulations" / "policies" / "adult.yaml").is_file()
+
+    # Dependencies from this environment: a plain path line adds the folder without
+    # running the path files in it (so this checkout's editable link stays out).
+    (site / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = _clean_env() | {"FLWR_HOME": str(tmp_path / "flwr-home")}
+    where = subprocess.run(
+        [python, "-c", "import aidmp.server.app as a, aidmp.client.app; print(a.__file__)"],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).is_relative_to(site), where.stdout
+
+    out = outside / "X"
+    args = shlex.split("simulate --task breast-cancer --institutions 3 --rounds 2 --out X")
+    run = subprocess.run(
+        [venv / "bin" / "aidmp", *args],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (out / "summary.json").is_file() and (out / "metrics.png").is_file()
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
+def test_every_benchmark_runs_as_written_from_another_folder(script, tmp_path):
+    """`python benchmarks/<name>.py` puts benchmarks/ first on sys.path; no script there
+    may shadow a package, and each one parses its options."""
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
+
+
+def test_no_module_in_benchmarks_or_tests_is_named_like_a_package():
+    import aidmp
+
+    taken = set(aidmp.SUBPACKAGES) | {"aidmp", "analytics"}
+    for folder in ("benchmarks", "tests"):
+        names = {p.stem for p in (REPO / folder).glob("*.py")}
+        assert not names & taken, (folder, names & taken)
