@@ -18,8 +18,8 @@ import torch
 
 from aidmp.errors import PrivacyError
 from aidmp.privacy.dp import GRAD_SAMPLE_MODES, train_dp
-from aidmp.simulations.partition import institution_data
 from aidmp.tasks import get_task, load_dataset
+from aidmp.tasks.partition import institution_data
 
 
 def epoch_seconds(fn) -> tuple[float, float]:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from aidmp.errors import AidmpError
-from aidmp.simulations.partition import institution_data
 from aidmp.tasks import load_dataset
 from aidmp.tasks.base import LocalData
+from aidmp.tasks.partition import institution_data
 
 
 @functools.lru_cache(maxsize=8)

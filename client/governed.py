@@ -29,10 +29,10 @@ from aidmp.governance.load import load_table
 from aidmp.governance.pipeline import govern, site_secret
 from aidmp.governance.policy import GovernanceError, Policy, load_policy
 from aidmp.governance.report import coordinator_summary, local_report, write_reports
-from aidmp.simulations.partition import local_split, partition_indices
-from aidmp.simulations.scenarios import apply_scenario, parse_scenario
+from aidmp.governance.scenarios import apply_scenario, parse_scenario
 from aidmp.tasks import get_task, load_dataset
 from aidmp.tasks.base import LocalData
+from aidmp.tasks.partition import local_split, partition_indices
 
 CACHE_SIZE = 4
 

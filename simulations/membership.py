@@ -27,8 +27,8 @@ from torch import nn
 from aidmp.atomic import atomic_write_json
 from aidmp.errors import AidmpError
 from aidmp.server.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from aidmp.simulations.partition import institution_data
 from aidmp.tasks import get_task, load_dataset
+from aidmp.tasks.partition import institution_data
 
 AUDIT_NAME = "privacy_audit.json"
 

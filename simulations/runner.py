@@ -26,15 +26,15 @@ from aidmp.client.app import app as client_app
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
 from aidmp.governance.policy import load_policy
+from aidmp.governance.scenarios import parse_scenario
 from aidmp.privacy.he.keys import key_file_for, load_context
 from aidmp.privacy.he.state import EncryptedGlobal, unflatten_state
 from aidmp.server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
 from aidmp.server.federation import REPORT_NAME, run_federation
 from aidmp.simulations.baseline import centralized_baseline
-from aidmp.simulations.partition import parse_partition, partition_indices
 from aidmp.simulations.plots import plot_metrics
-from aidmp.simulations.scenarios import parse_scenario
 from aidmp.tasks import get_task, load_dataset
+from aidmp.tasks.partition import parse_partition, partition_indices
 
 SUMMARY_NAME = "summary.json"
 PLOT_NAME = "metrics.png"

@@ -16,10 +16,10 @@ from aidmp.client import governed as governed_module
 from aidmp.client.app import app
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
+from aidmp.governance.scenarios import made_up_pii
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
 from aidmp.server.federation import round_config_for
 from aidmp.simulations.runner import bundled_policy
-from aidmp.simulations.scenarios import made_up_pii
 from aidmp.tasks import get_task
 
 

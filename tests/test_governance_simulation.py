@@ -1,7 +1,7 @@
 """Governance in a federation on Flower's real simulation engine, with made-up PII.
 
 Institutions 0 and 1 hold invented names, e-mails, phones, SSN-shaped numbers and
-dates of birth (simulations/scenarios.py); institution 2 has lost a column. Every
+dates of birth (governance/scenarios.py); institution 2 has lost a column. Every
 reply that reaches the coordinator is recorded: no identifier value may be in it,
 and no governance figure below the policy's minimum count.
 """

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from aidmp.errors import AidmpError
-from aidmp.simulations.partition import (
+from aidmp.tasks.base import Dataset
+from aidmp.tasks.partition import (
     MIN_ROWS,
     institution_data,
     local_split,
     parse_partition,
     partition_indices,
 )
-from aidmp.tasks.base import Dataset
 
 LABELS = np.repeat(np.arange(4), 500)  # 2000 rows, 4 balanced classes
 

@@ -12,6 +12,9 @@ A spec names what happens where, e.g. `pii:0,2;dirty:1;noconsent:3;broken:4`:
   noconsent  30% of rows withdraw consent
   broken     the age column is missing (a schema failure: the node declines)
 Every institution gets a `consent` column ("yes" unless noconsent says otherwise).
+
+It lives in governance/, not simulations/, because the node applies it: a simulated
+institution's ClientApp dirties its own rows before governing them.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ Specs are strings so they fit on a command line and in a Flower run config:
 Smaller ALPHA means more skew. Every split is seeded and deterministic, the parts
 are disjoint and together cover the training set, and each part has at least
 `MIN_ROWS` rows (one to train on, one to validate on).
+
+It lives with the tasks, not in simulations/, because a node needs it too: a simulated
+institution serves its part of a split, and a node with its own rows splits them into
+train and validation (`local_split`).
 """
 
 from __future__ import annotations
