@@ -1,12 +1,22 @@
-"""Learning tasks, one module each. `get_task(name)` is the only way in."""
+"""Learning tasks, one module each. `get_task(name)` is the only way in.
+
+`partition` splits a task's rows: between simulated institutions, and into a node's
+own train and validation parts.
+
+Importing this package is cheap: torch comes with `base` (and `Dataset`, `Task`), on
+first use, so the command line can check a task's name before loading torch.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from aidmp.errors import AidmpError
-from aidmp.tasks.base import Dataset, Task
+
+if TYPE_CHECKING:
+    from aidmp.tasks.base import Dataset, Task
 
 # name -> module; modules are imported lazily so a missing optional dataset
 # package only matters for the task that needs it.
@@ -30,6 +40,14 @@ def get_task(name: str) -> Task:
 def load_dataset(name: str) -> Dataset:
     """Load and encode a task's data once per process."""
     return get_task(name).load()
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Dataset", "Task"):
+        from aidmp.tasks import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["TASK_NAMES", "Dataset", "Task", "get_task", "load_dataset"]

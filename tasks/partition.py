@@ -16,12 +16,14 @@ train and validation (`local_split`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from aidmp.errors import AidmpError
-from aidmp.tasks.base import Dataset, LocalData
+
+if TYPE_CHECKING:  # base loads torch; checking a spec (the command line) should not
+    from aidmp.tasks.base import Dataset, LocalData
 
 MIN_ROWS = 2
 # Label-skew draws can leave an institution with too few rows; we redraw (seeded)
@@ -120,6 +122,8 @@ def institution_data(
     dataset: Dataset, num_institutions: int, spec: PartitionSpec | str, seed: int, index: int
 ) -> LocalData:
     """The simulated institution `index`'s rows, split into local train and validation."""
+    from aidmp.tasks.base import LocalData
+
     if not 0 <= index < num_institutions:
         raise AidmpError(f"institution index {index} is outside 0..{num_institutions - 1}")
     rows = partition_indices(dataset.y_train, num_institutions, spec, seed)[index]
