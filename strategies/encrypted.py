@@ -14,6 +14,7 @@ evaluation is federated, since the coordinator cannot read the model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from logging import getLogger
 
 import tenseal as ts
@@ -23,8 +24,14 @@ from flwr.serverapp.strategy import FedAvg
 
 from aidmp.errors import HeError
 from aidmp.privacy.he.keys import fingerprint
-from aidmp.privacy.he.packing import EncryptedSum, add_vectors, encrypt_initial_global
+from aidmp.privacy.he.packing import (
+    EncryptedSum,
+    add_vectors,
+    encrypt_initial_global,
+    weight_unit_for,
+)
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY, EncryptedGlobal, flatten_state
+from aidmp.round_config import HE_MOMENTUM_KEY, HE_SERVER_LR_KEY, PROXIMAL_MU_KEY
 
 log = getLogger("aidmp.server")
 
@@ -54,7 +61,9 @@ class EncryptedFedAvg(FedAvg):
         self.proximal_mu = proximal_mu  # FedProx: the term is applied at the nodes
         self._current: EncryptedGlobal | None = None
         self._sum: EncryptedSum | None = None
-        self._weight = 0.0
+        self._weight = 0.0  # Σ n/m over this round's replies: what the sum is divided by
+        self._examples = 0.0  # Σ n: sets the next round's weight unit m
+        self._next_unit: float | None = None  # m after a round that could not be divided
         self._metrics: list[RecordDict] = []
         self.bytes_received = 0  # ciphertext bytes nodes sent this round
         self.bytes_broadcast = 0  # ciphertext bytes the coordinator sent this round
@@ -81,10 +90,12 @@ class EncryptedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
     ) -> Iterable[Message]:
         self._current = self.open_state(arrays)
-        config["he-momentum"] = self.server_momentum
-        config["he-server-lr"] = self.server_learning_rate
+        if self._next_unit is not None:  # the last round's W asked for another unit
+            self._current = replace(self._current, weight_unit=self._next_unit)
+        config[HE_MOMENTUM_KEY] = self.server_momentum
+        config[HE_SERVER_LR_KEY] = self.server_learning_rate
         if self.proximal_mu > 0:
-            config["proximal-mu"] = self.proximal_mu
+            config[PROXIMAL_MU_KEY] = self.proximal_mu
         self.bytes_broadcast = 0
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -111,6 +122,7 @@ class EncryptedFedAvg(FedAvg):
     def begin_train(self, server_round: int) -> None:
         self._sum = EncryptedSum(self.context)
         self._weight = 0.0
+        self._examples = 0.0
         self._metrics = []
         self.bytes_received = 0
 
@@ -137,7 +149,9 @@ class EncryptedFedAvg(FedAvg):
             self._sum.add(chunks, who)
         except HeError as exc:
             return f"{exc}; not aggregated"
-        self._weight += float(weight)
+        assert self._current is not None
+        self._weight += float(weight) / self._current.weight_unit
+        self._examples += float(weight)
         self._metrics.append(RecordDict({"metrics": metrics}))
         self.bytes_received += sum(len(b) for b in chunks)
         return None
@@ -147,7 +161,18 @@ class EncryptedFedAvg(FedAvg):
         assert self._sum is not None and self._current is not None
         if self._sum.count == 0:
             return None, None
-        mean, mean_check = self._sum.mean(self._weight)
+        unit = weight_unit_for(self._examples)
+        try:
+            mean, mean_check = self._sum.mean(self._weight)
+        except HeError as exc:
+            # Only before the coordinator has seen a round's W (a job's first round, with
+            # over ~67,000 examples): the nodes weighted by an outdated unit. Skip the
+            # round rather than take a wrong step; the next one uses the right unit.
+            log.warning("round %d not aggregated: %s; the next round uses weight unit %g",
+                        server_round, exc, unit)  # fmt: skip
+            self._next_unit, self._sum = unit, None
+            return None, None
+        self._next_unit = None
         current = self._current
         model = add_vectors(self.context, current.model, mean)
         self._current = EncryptedGlobal(
@@ -157,6 +182,7 @@ class EncryptedFedAvg(FedAvg):
             model_check=current.model_check + mean_check,
             momentum=[v.serialize() for v in mean] if self.server_momentum > 0 else None,
             momentum_check=mean_check if self.server_momentum > 0 else 0.0,
+            weight_unit=unit,
         )
         self._sum = None
         metrics = self.train_metrics_aggr_fn(self._metrics, self.weighted_by_key)

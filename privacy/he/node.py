@@ -10,6 +10,7 @@ when a check slot does not decrypt to the announced value.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ class HeRound:
     fingerprint: str
     global_params: np.ndarray
     momentum: np.ndarray | None
+    weight_unit: float = 1.0  # the coordinator's m: this node sends encrypt((n/m)·u)
 
     @classmethod
     def open(
@@ -75,7 +77,10 @@ class HeRound:
                 "come from the same key ceremony (compare `aidmp keys inspect`)"
             )
         params, momentum = state.decrypt(context)
-        return cls(context, own, params, momentum)
+        if not (state.weight_unit >= 1 and math.log2(state.weight_unit).is_integer()):
+            raise HeError(f"the coordinator announced weight unit {state.weight_unit:.6g}, "
+                          "not a power of two of at least 1")  # fmt: skip
+        return cls(context, own, params, momentum, state.weight_unit)
 
     def load_into(self, model: torch.nn.Module) -> None:
         model.load_state_dict(unflatten_state(self.global_params, model.state_dict()))
@@ -83,11 +88,11 @@ class HeRound:
     def encrypt_reply(
         self, model: torch.nn.Module, weight: float, momentum: float, server_lr: float
     ) -> ConfigRecord:
-        """encrypt(n·u) with u = β·M_t + η·(w_local − w_t); see privacy/he/packing.py."""
+        """encrypt((n/m)·u) with u = β·M_t + η·(w_local − w_t); see privacy/he/packing.py."""
         local = flatten_state(model.state_dict())
         check_range(self.context, local, "this node's trained model")
         update = server_lr * (local - self.global_params)
         if self.momentum is not None and momentum > 0:
             update += momentum * self.momentum
-        chunks = encrypt_update(self.context, update, weight)
+        chunks = encrypt_update(self.context, update, weight / self.weight_unit)
         return ConfigRecord({"chunks": chunks, "fingerprint": self.fingerprint})

@@ -31,6 +31,13 @@ Parameters (privacy/he/keys.py CkksParams): N=4096, moduli (56, 53), scale s=2^2
     encoded as round(2^25/W)/2^25, so the coordinator's step is scaled by
     r = round(2^25/W)·W/2^25, with |r − 1| ≤ W/2^26 (4.5e-4 at W=30,000): a
     deterministic server learning rate within 0.05% of 1, not noise.
+  * Large federations: at W ≈ 10^7 that step would be ~10 % off, and past 2^26 the
+    multiplier rounds to 0 and the model would stop moving. So weights are pre-scaled:
+    nodes send encrypt((n/m)·u), where m, the round's weight unit, is a power of two
+    that the coordinator announces with the global state, chosen from the last round's
+    W so that W/m ≤ 2^12 (|r − 1| ≤ 6e-5). A round whose step would still be more than
+    0.1 % off (the first round of a job larger than ~67,000 examples, whose W was not
+    known yet) is not aggregated; the next round uses the right unit.
 """
 
 from __future__ import annotations
@@ -49,6 +56,23 @@ from aidmp.errors import HeError
 CHECK_TOLERANCE = 1e-4
 # Headroom for summing: each node's n·|u| stays 2^6 times below the prime's range.
 SUM_HEADROOM_BITS = 6
+# Σ n_i/m is kept at most 2^12, so that 1/W encodes with a step error ≤ 2^12/2^26.
+WEIGHT_BITS = 12
+# The most the coordinator's step may deviate from 1 before a round is not aggregated.
+MAX_STEP_ERROR = 1e-3
+
+
+def weight_unit_for(total_examples: float) -> float:
+    """The power of two m (at least 1) that brings a round's W/m to at most 2^12."""
+    if not total_examples > 0:
+        return 1.0
+    return float(2 ** max(0, math.ceil(math.log2(total_examples)) - WEIGHT_BITS))
+
+
+def step_error(context: ts.Context, total_weight: float) -> float:
+    """|r − 1|, r being the factor by which the encoded 1/W scales the coordinator's step."""
+    scale = context.global_scale
+    return abs(round(scale / total_weight) / scale * total_weight - 1.0)
 
 
 def slot_count(context: ts.Context) -> int:
@@ -169,6 +193,12 @@ class EncryptedSum:
         """Σ/W as ciphertexts at scale s^2, and the value its check slots hold."""
         if self.total is None:
             raise HeError("no updates to average")
+        error = step_error(self.context, total_weight)
+        if error > MAX_STEP_ERROR:
+            raise HeError(
+                f"the weights sum to {total_weight:.6g}, too large to divide by under CKKS "
+                f"scale 2^{_scale_bits(self.context)} (the step would be {error:.1%} off)"
+            )
         inverse = 1.0 / total_weight
         mean = [v * inverse for v in self.total]
         # SEAL encodes a constant c at scale s as round(c·s): the exact multiplier.

@@ -56,6 +56,8 @@ class EncryptedGlobal:
     model_check: float  # what G's check slots decrypt to
     momentum: list[bytes] | None = None  # M (FedAvgM only, after its first round)
     momentum_check: float = 0.0
+    # m: nodes weight their update by n/m (privacy/he/packing.py, "Large federations").
+    weight_unit: float = 1.0
 
     def _meta(self) -> dict[str, object]:
         return {
@@ -63,6 +65,7 @@ class EncryptedGlobal:
             "fingerprint": self.fingerprint,
             "model-check": self.model_check,
             "momentum-check": self.momentum_check,
+            "weight-unit": self.weight_unit,
         }
 
     # --- the coordinator's ArrayRecord and checkpoint -----------------------------
@@ -99,6 +102,7 @@ class EncryptedGlobal:
             model_check=float(meta["model-check"]),
             momentum=momentum or None,
             momentum_check=float(meta["momentum-check"]),
+            weight_unit=float(meta.get("weight-unit", 1.0)),  # states from before units
         )
 
     # --- the wire, coordinator -> node --------------------------------------------
@@ -119,6 +123,7 @@ class EncryptedGlobal:
                 model_check=float(record["model-check"]),  # type: ignore[arg-type]
                 momentum=list(momentum) if momentum else None,  # type: ignore[arg-type]
                 momentum_check=float(record["momentum-check"]),  # type: ignore[arg-type]
+                weight_unit=float(record.get("weight-unit", 1.0)),  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HeError(f"the encrypted global model arrived incomplete ({exc})") from None
