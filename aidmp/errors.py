@@ -36,6 +36,12 @@ class HeError(AidmpError):
     decline_code = DeclineCode.HE_KEYS
 
 
+class RoundConfigError(AidmpError):
+    """The round config a node received lacks a key or has one of the wrong type."""
+
+    decline_code = DeclineCode.BAD_CONFIG
+
+
 def describe_validation_error(what: str, exc: ValidationError) -> str:
     """pydantic's first complaint as one line: which key, what is wrong, what was given."""
     first = exc.errors()[0]

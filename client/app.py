@@ -13,8 +13,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypedDict
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -22,11 +32,12 @@ from aidmp.client.audit_trail import audit_mod
 from aidmp.client.data import dataset_id, has_own_data, institution_name, local_data, node_state_dir
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
-from aidmp.errors import AidmpError, DeclineCode, HeError
+from aidmp.errors import AidmpError, DeclineCode, HeError, RoundConfigError
 from aidmp.privacy.he.node import HeRound
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
 from aidmp.privacy.node_round import release_seed, train_private_round
 from aidmp.privacy.policy import resolve_dp_policy
+from aidmp.round_config import RECORD_NAME, RoundConfig
 from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY
 from aidmp.tasks import Task, get_task
 from aidmp.tasks.base import LocalData
@@ -49,11 +60,8 @@ def _decline_on_error(handler: Callable[[Message, Context], Message]):
         name = institution_name(context.node_config, context.node_id)
         try:
             return handler(msg, context)
-        except AidmpError as exc:
+        except AidmpError as exc:  # a round config it cannot read is one (RoundConfigError)
             code, reason = exc.decline_code, str(exc)
-        except KeyError as exc:
-            code = DeclineCode.BAD_CONFIG
-            reason = f"round config lacks key {exc}; coordinator and node versions differ?"
         except Exception as exc:  # never crash, and never echo data in the reason
             log.exception("[%s] the %s handler failed", name, handler.__name__)
             code = DeclineCode.DATA_UNAVAILABLE
@@ -67,22 +75,33 @@ def _decline_on_error(handler: Callable[[Message, Context], Message]):
     return wrapped
 
 
-def _round_seed(config: ConfigRecord, context: Context) -> int:
+class Hyper(TypedDict):
+    """The round's training settings, as `Task.train` and `train_private_round` take them."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    proximal_mu: float
+
+
+def _round_seed(config: RoundConfig, context: Context) -> int:
     # Distinct per run seed, round and node. Under DP at a node with its own data,
     # `release_seed` replaces it with secret randomness (privacy/node_round.py).
-    node = int(context.node_config.get("partition-id", context.node_id))  # type: ignore[arg-type]
-    return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + node  # type: ignore[arg-type]
+    node = int(context.node_config.get("partition-id", context.node_id))
+    return config.seed * 1_000_003 + config.server_round * 1_009 + node
 
 
 def _setup(
     msg: Message, context: Context
-) -> tuple[ConfigRecord, Task, LocalData, nn.Module, HeRound | None, Governed | None]:
+) -> tuple[RoundConfig, Task, LocalData, nn.Module, HeRound | None, Governed | None]:
     """The round's config, its task, this node's data, the global model as received, and,
     in an encrypted round, its decrypted state."""
-    config = msg.content["config"]
-    task = get_task(str(config["task"]))
+    config = RoundConfig.from_record(msg.content.config_records.get(RECORD_NAME))
+    task = get_task(config.task)
     # Local governance first: it decides whether, and on which rows, this node trains.
-    governed = governed_data(context.node_config, config, node_state_dir(context, config))
+    state_dir = node_state_dir(context, config.state_root)
+    governed = governed_data(context.node_config, config, state_dir)
     data = governed.data if governed is not None else local_data(context.node_config, config)
     model = task.build_model()
     he = None
@@ -95,7 +114,13 @@ def _setup(
             "coordinator sent the model in plaintext; run with he=true"
         )
     else:
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        arrays = msg.content.array_records.get("arrays")
+        if arrays is None:
+            raise RoundConfigError(
+                "the message carries no global model (no 'arrays' record); "
+                "the coordinator and this node may run different versions"
+            )
+        model.load_state_dict(arrays.to_torch_state_dict())
     return config, task, data, model, he, governed
 
 
@@ -108,14 +133,14 @@ def _truthy(value: object) -> bool:
 def train(msg: Message, context: Context) -> Message:
     config, task, data, model, he, governed = _setup(msg, context)
     name = institution_name(context.node_config, context.node_id)
-    hyper = {
-        "epochs": int(config["local-epochs"]),  # type: ignore[arg-type]
-        "batch_size": int(config["batch-size"]),  # type: ignore[arg-type]
-        "learning_rate": float(config["learning-rate"]),  # type: ignore[arg-type]
-        "seed": _round_seed(config, context),
-        "proximal_mu": float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
-    }
-    node = {"institution": name}
+    hyper = Hyper(
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=_round_seed(config, context),
+        proximal_mu=config.proximal_mu,
+    )
+    node: dict[str, ConfigRecordValues] = {"institution": name}
     policy = resolve_dp_policy(context.node_config, config, name)
     if policy is None:
         loss = task.train(model, data.x_train, data.y_train, **hyper)
@@ -126,11 +151,11 @@ def train(msg: Message, context: Context) -> Message:
             model,
             data,
             policy=policy,
-            dataset_id=dataset_id(str(config["task"]), data),
+            dataset_id=dataset_id(config.task, data),
             run_id=str(context.run_id),
-            server_round=int(config["server-round"]),  # type: ignore[arg-type]
-            num_rounds=int(config["num-rounds"]),  # type: ignore[arg-type]
-            job_id=str(config.get("job-id", "")) or None,
+            server_round=config.server_round,
+            num_rounds=config.num_rounds,
+            job_id=config.job_id or None,
             message_id=msg.metadata.message_id,
             **hyper,
         )
@@ -151,8 +176,8 @@ def train(msg: Message, context: Context) -> Message:
         reply[UPDATE_KEY] = he.encrypt_reply(
             model,
             weight=len(data.y_train),
-            momentum=float(config.get("he-momentum", 0.0)),  # type: ignore[arg-type]
-            server_lr=float(config.get("he-server-lr", 1.0)),  # type: ignore[arg-type]
+            momentum=config.he_momentum,
+            server_lr=config.he_server_lr,
         )
     return Message(reply, reply_to=msg)
 

@@ -12,14 +12,15 @@ import hashlib
 import logging
 from pathlib import Path
 
-from flwr.app import Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_to_proto
 
 from aidmp.client.data import institution_name, node_state_dir
 from aidmp.client.governed import policy_path
-from aidmp.errors import AidmpError
+from aidmp.errors import AidmpError, RoundConfigError
 from aidmp.privacy.audit import AUDIT_NAME, AuditEntry, AuditLog, payload_digest
+from aidmp.round_config import RECORD_NAME, RoundConfig
 
 log = logging.getLogger("aidmp.client")
 _warned = False
@@ -31,11 +32,28 @@ def _payload(reply: Message) -> bytes:
     return recorddict_to_proto(reply.content).SerializeToString(deterministic=True)
 
 
-def _policy_sha(context: Context, config) -> str | None:
-    path = policy_path(context.node_config, config)
-    if path is None or not Path(str(path)).is_file():
+def _policy_sha(context: Context, run_policy: str) -> str | None:
+    path = policy_path(context.node_config, run_policy)
+    if path is None or not Path(path).is_file():
         return None
-    return hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _round_facts(record: ConfigRecord | None) -> tuple[int, str, str, str]:
+    """(round, job id, state root, run policy) of the message a reply answers. From a
+    round config that does not parse (the reply is then its decline), each one that is
+    present and well typed, so that the decline is recorded where the node's other
+    entries are."""
+    try:
+        rc = RoundConfig.from_record(record)
+    except RoundConfigError:
+        return (
+            RoundConfig.salvage(record, "server_round") or 0,
+            RoundConfig.salvage(record, "job_id") or "",
+            RoundConfig.salvage(record, "state_root") or "",
+            RoundConfig.salvage(record, "governance_policy") or "",
+        )
+    return rc.server_round, rc.job_id, rc.state_root, rc.governance_policy
 
 
 def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -45,8 +63,10 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
 
 def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -> Message:
     """Append the reply to the node's audit log; a decline replaces it if that fails."""
-    config = msg.content.config_records.get("config", {})
-    state_dir = node_state_dir(context, config)
+    rnd, job_id, state_root, run_policy = _round_facts(
+        msg.content.config_records.get(RECORD_NAME)
+    )
+    state_dir = node_state_dir(context, state_root)
     if state_dir is None:
         global _warned
         if not _warned:
@@ -66,17 +86,17 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
             details["release"] = int(node["release"])  # type: ignore[arg-type]
     # Which message this answers (the ledger keeps the same id for the release it
     # charged), and the training job, which outlives a coordinator's restart.
-    details |= {"reply_to": msg.metadata.message_id, "job": str(config.get("job-id", ""))}
+    details |= {"reply_to": msg.metadata.message_id, "job": job_id}
     epsilon = float(node["epsilon-round"]) if node is not None and "epsilon-round" in node else None
     entry = AuditEntry(
         run=str(context.run_id),
-        round=int(config.get("server-round", 0)),  # type: ignore[arg-type]
+        round=rnd,
         kind=f"{kind}-decline" if reply.has_error() else f"{kind}-reply",
         payload_sha256=sha,
         payload_bytes=size,
         epsilon_charged=epsilon,
         governance_decision=decision,
-        policy_sha256=_policy_sha(context, config),
+        policy_sha256=_policy_sha(context, run_policy),
         details=details,
     )
     try:

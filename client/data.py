@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import UserConfigValue
 
 from aidmp.errors import AidmpError
+from aidmp.round_config import RoundConfig
 from aidmp.tasks import load_dataset
 from aidmp.tasks.base import LocalData
 from aidmp.tasks.partition import institution_data
@@ -35,7 +37,7 @@ def has_own_data(node_config: Mapping[str, object]) -> bool:
     return "data" in node_config
 
 
-def local_data(node_config: Mapping[str, object], config: Mapping[str, object]) -> LocalData:
+def local_data(node_config: Mapping[str, UserConfigValue], config: RoundConfig) -> LocalData:
     """This node's data for the round's task.
 
     A simulated institution is named by Flower's node config (`partition-id`,
@@ -48,11 +50,11 @@ def local_data(node_config: Mapping[str, object], config: Mapping[str, object]) 
             '--node-config "partition-id=0 num-partitions=N" to serve a simulated split'
         )
     return simulated_institution(
-        str(config["task"]),
-        str(config["partition"]),
-        int(config["seed"]),  # type: ignore[arg-type]
-        int(node_config["num-partitions"]),  # type: ignore[arg-type]
-        int(node_config["partition-id"]),  # type: ignore[arg-type]
+        config.task,
+        config.partition,
+        config.seed,
+        int(node_config["num-partitions"]),
+        int(node_config["partition-id"]),
     )
 
 
@@ -69,14 +71,14 @@ def dataset_id(task: str, data: LocalData) -> str:
     return _fingerprint(task, data)
 
 
-def node_state_dir(context: Any, config: Mapping[str, object]) -> Path | None:
+def node_state_dir(context: Any, state_root: str) -> Path | None:
     """Where this node keeps its ledger, audit log and reports: its own `state-dir`, or
-    in simulation the run's `state-root`/<institution>."""
+    in simulation the run's `state-root`/<institution> (the round config's `state_root`)."""
     if "state-dir" in context.node_config:
         return Path(str(context.node_config["state-dir"]))
-    if config.get("state-root"):
+    if state_root:
         name = institution_name(context.node_config, context.node_id)
-        return Path(str(config["state-root"])) / name
+        return Path(state_root) / name
     return None
 
 

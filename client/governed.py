@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from flwr.app import UserConfigValue
 
 from aidmp.client.data import has_own_data
 from aidmp.governance.load import load_table
@@ -30,6 +31,7 @@ from aidmp.governance.pipeline import govern, site_secret
 from aidmp.governance.policy import GovernanceError, Policy, load_policy
 from aidmp.governance.report import coordinator_summary, local_report, write_reports
 from aidmp.governance.scenarios import apply_scenario, parse_scenario
+from aidmp.round_config import RoundConfig
 from aidmp.tasks import get_task, load_dataset
 from aidmp.tasks.base import LocalData
 from aidmp.tasks.partition import local_split, partition_indices
@@ -52,21 +54,24 @@ _log = logging.getLogger("aidmp.client")
 _cache: OrderedDict[tuple[Any, ...], Governed] = OrderedDict()
 
 
-def policy_path(node_config: Mapping[str, Any], config: Mapping[str, Any]) -> str | None:
-    return node_config.get("policy") or config.get("governance-policy") or None
+def policy_path(node_config: Mapping[str, UserConfigValue], run_policy: str) -> str | None:
+    """The node's own `policy`, or in simulation the run's (the round config's
+    `governance_policy`); None when neither names one."""
+    own = node_config.get("policy")
+    return str(own) if own else run_policy or None
 
 
 def governed_data(
-    node_config: Mapping[str, Any],
-    config: Mapping[str, Any],
+    node_config: Mapping[str, UserConfigValue],
+    config: RoundConfig,
     state_dir: Path | None,
 ) -> Governed | None:
     """This node's governed data, or None when it has no policy (governance off)."""
-    path = policy_path(node_config, config)
+    path = policy_path(node_config, config.governance_policy)
     if path is None:
         return None
-    policy, sha = load_policy(Path(str(path)))
-    task = get_task(str(config["task"]))
+    policy, sha = load_policy(Path(path))
+    task = get_task(config.task)
     if task.raw_train is None or task.encode is None:
         raise GovernanceError(
             f"task '{task.name}' has no tabular schema for governance to check; "
@@ -76,10 +81,8 @@ def governed_data(
     # The local train/validation split. A node with its own data splits by its own seed
     # (node config `split-seed`), never the coordinator's: the split decides which rows
     # train, and so the dataset its privacy ledger is keyed to, whatever job asks.
-    if has_own_data(node_config):
-        split_seed = int(node_config.get("split-seed", 0))
-    else:
-        split_seed = int(config["seed"])
+    own_data = has_own_data(node_config)
+    split_seed = int(node_config.get("split-seed", 0)) if own_data else config.seed
     # Whatever changes the result is in the key: the rows, the policy, the task and split
     # seed, and the site secret (the hashes), as a digest.
     secret = site_secret(policy) or b""
@@ -98,7 +101,7 @@ def governed_data(
 
 
 def _source(
-    node_config: Mapping[str, Any], config: Mapping[str, Any], policy: Policy
+    node_config: Mapping[str, UserConfigValue], config: RoundConfig, policy: Policy
 ) -> tuple[tuple[Any, ...], Any]:
     """A fingerprint of where the rows come from, and how to load them."""
     if has_own_data(node_config):
@@ -106,7 +109,7 @@ def _source(
         if not path.is_file():
             raise GovernanceError(f"no data file at {path}; check the node's `data` setting")
         stat = path.stat()
-        key = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key: tuple[Any, ...] = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         return key, lambda: load_table(path, encoding=policy.encoding, delimiter=policy.delimiter)
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise GovernanceError(
@@ -114,8 +117,8 @@ def _source(
             "--node-config \"data='/path/rows.csv' policy='/path/policy.yaml'\""
         )
     index, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
-    task, partition, seed = str(config["task"]), str(config["partition"]), int(config["seed"])
-    scenario = str(config.get("governance-scenario", ""))
+    task, partition, seed = config.task, config.partition, config.seed
+    scenario = config.governance_scenario
     key = ("simulated", task, partition, seed, n, index, scenario)
 
     def load() -> pd.DataFrame:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aidmp.errors import PrivacyError, describe_validation_error
 from aidmp.privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
+from aidmp.round_config import RoundConfig
 
 POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
@@ -36,17 +37,18 @@ class DPPolicy(BaseModel):
 
 
 def resolve_dp_policy(
-    node_config: Mapping[str, Any], round_config: Mapping[str, Any], institution: str
+    node_config: Mapping[str, Any], round_config: RoundConfig, institution: str
 ) -> DPPolicy | None:
     """The policy this node trains under, or None if it trains without DP."""
-    merged = {k: round_config[k] for k in POLICY_KEYS if k in round_config}
+    run_policy = round_config.dp_policy()  # only the dp-* keys the coordinator sent
+    merged = {k: run_policy[k] for k in POLICY_KEYS if k in run_policy}
     merged |= {k: node_config[k] for k in POLICY_KEYS if k in node_config}
     if not merged.get("dp", False):
         return None
     if "state-dir" in node_config:
         state_dir = Path(str(node_config["state-dir"]))
-    elif round_config.get("state-root"):
-        state_dir = Path(str(round_config["state-root"])) / institution
+    elif round_config.state_root:
+        state_dir = Path(round_config.state_root) / institution
     else:
         raise PrivacyError(
             "DP is on but this node has no state folder for its privacy ledger; start it "

@@ -21,6 +21,7 @@ from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
 from aidmp.privacy.he.keys import inspect_context
+from aidmp.round_config import RoundConfig
 from aidmp.server.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -90,36 +91,32 @@ def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord
     The dp-* keys are a default policy: a node's own node config overrides them.
     """
     state_root = cfg.state_root or str(Path(cfg.out_dir).resolve() / "institutions")
-    return ConfigRecord(
-        {
-            "task": cfg.task,
-            "partition": cfg.partition,
-            "seed": cfg.seed,
-            "local-epochs": cfg.local_epochs,
-            "batch-size": cfg.batch_size,
-            "learning-rate": cfg.learning_rate,
-            "server-round": rnd,
-            # One training job may span several Flower runs (a coordinator restarted
-            # and resumed); nodes enter a round they release again as a new release.
-            "job-id": job_id,
-            "num-rounds": cfg.num_rounds,
-            "dp": cfg.dp,
-            "dp-epsilon": cfg.dp_epsilon,
-            "dp-delta": cfg.dp_delta,
-            "dp-max-grad-norm": cfg.dp_max_grad_norm,
-            "dp-noise-multiplier": cfg.dp_noise_multiplier,
-            "dp-accountant": cfg.dp_accountant,
-            "state-root": state_root,
-            # Simulation only: the key ceremony's folder, so virtual nodes find their
-            # secret context in it. A deployed node's own he-keys node config wins.
-            "he-keys": str(Path(cfg.he_keys).resolve()) if cfg.he and cfg.he_keys else "",
-            # Simulation only, likewise: a deployed node's own `policy` node config wins.
-            "governance-policy": str(Path(cfg.governance_policy).resolve())
-            if cfg.governance_policy
-            else "",
-            "governance-scenario": cfg.governance_scenario,
-        }
-    )
+    return RoundConfig(
+        task=cfg.task,
+        partition=cfg.partition,
+        seed=cfg.seed,
+        local_epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        server_round=rnd,
+        job_id=job_id,
+        num_rounds=cfg.num_rounds,
+        dp=cfg.dp,
+        dp_epsilon=cfg.dp_epsilon,
+        dp_delta=cfg.dp_delta,
+        dp_max_grad_norm=cfg.dp_max_grad_norm,
+        dp_noise_multiplier=cfg.dp_noise_multiplier,
+        dp_accountant=cfg.dp_accountant,
+        state_root=state_root,
+        # Simulation only: the key ceremony's folder, so virtual nodes find their
+        # secret context in it. A deployed node's own he-keys node config wins.
+        he_keys=str(Path(cfg.he_keys).resolve()) if cfg.he and cfg.he_keys else "",
+        # Simulation only, likewise: a deployed node's own `policy` node config wins.
+        governance_policy=str(Path(cfg.governance_policy).resolve())
+        if cfg.governance_policy
+        else "",
+        governance_scenario=cfg.governance_scenario,
+    ).to_config_record()
 
 
 def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, Any]:

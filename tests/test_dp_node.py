@@ -13,6 +13,7 @@ from aidmp.errors import AidmpError, DeclineCode, PrivacyError
 from aidmp.privacy.dp import train_dp
 from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
 from aidmp.privacy.policy import resolve_dp_policy
+from aidmp.round_config import RoundConfig
 from aidmp.server.federation import round_config_for
 from aidmp.simulations.membership import attack_metrics
 from aidmp.tasks import get_task
@@ -35,41 +36,50 @@ def _context(node_config, run_id=11):
     )
 
 
+def _round(wire):
+    """A round config with the keys every round carries, and `wire` (dp-* keys sent only
+    where given)."""
+    base = {"task": "breast-cancer", "partition": "iid", "seed": 0, "local-epochs": 1,
+            "batch-size": 64, "learning-rate": 0.05, "server-round": 1,
+            "num-rounds": 3}  # fmt: skip
+    return RoundConfig.from_record(base | wire)
+
+
 def _cfg(tmp_path, **kw):
     base = dict(task="breast-cancer", partition="iid", num_rounds=3, out_dir=str(tmp_path / "out"))
     return RunConfig(**(base | kw))
 
 
 def test_node_config_wins_over_the_run_config(tmp_path):
-    round_config = {"dp": False, "dp-epsilon": 8.0, "state-root": str(tmp_path)}
+    round_config = _round({"dp": False, "dp-epsilon": 8.0, "state-root": str(tmp_path)})
     node = {"dp": True, "dp-epsilon": 1.0, "state-dir": str(tmp_path / "mine")}
     policy = resolve_dp_policy(node, round_config, "institution-0")
     assert policy is not None and policy.epsilon == 1.0 and policy.state_dir == tmp_path / "mine"
     assert resolve_dp_policy({}, round_config, "x") is None  # simulation: the run decides
     sim = resolve_dp_policy(
-        {}, {"dp": True, "dp-epsilon": 2.0, "state-root": str(tmp_path)}, "inst-3"
+        {}, _round({"dp": True, "dp-epsilon": 2.0, "state-root": str(tmp_path)}), "inst-3"
     )
     assert sim.state_dir == tmp_path / "inst-3"
 
 
 @pytest.mark.parametrize(
-    ("overrides", "match"),
+    ("overrides", "node", "match"),
     [
-        ({"dp-epsilon": 0.0}, "dp-epsilon"),
-        ({"dp-epsilon": -1.0}, "dp-epsilon"),
-        ({"dp-delta": 1.5}, "dp-delta"),
-        ({"dp-grad-sample-mode": "ew"}, "not one of"),
+        ({"dp-epsilon": 0.0}, {}, "dp-epsilon"),
+        ({"dp-epsilon": -1.0}, {}, "dp-epsilon"),
+        ({"dp-delta": 1.5}, {}, "dp-delta"),
+        ({}, {"dp-grad-sample-mode": "ew"}, "not one of"),  # a node setting only
     ],
 )
-def test_bad_policy_values_are_clear_errors(tmp_path, overrides, match):
-    config = {"dp": True, "dp-epsilon": 3.0, "state-root": str(tmp_path)} | overrides
+def test_bad_policy_values_are_clear_errors(tmp_path, overrides, node, match):
+    config = _round({"dp": True, "dp-epsilon": 3.0, "state-root": str(tmp_path)} | overrides)
     with pytest.raises(PrivacyError, match=match):
-        resolve_dp_policy({}, config, "institution-0")
+        resolve_dp_policy(node, config, "institution-0")
 
 
 def test_dp_without_a_state_folder_is_refused():
     with pytest.raises(PrivacyError, match="state-dir"):
-        resolve_dp_policy({}, {"dp": True, "dp-epsilon": 3.0}, "institution-0")
+        resolve_dp_policy({}, _round({"dp": True, "dp-epsilon": 3.0}), "institution-0")
 
 
 def test_run_config_rejects_epsilon_zero():

@@ -24,6 +24,7 @@ from aidmp.errors import HeError
 from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import check_range, encrypt_update
 from aidmp.privacy.he.state import EncryptedGlobal, flatten_state, unflatten_state
+from aidmp.round_config import RoundConfig
 
 KEYS_CONFIG = "he-keys"
 
@@ -35,11 +36,10 @@ def _load(path: str, mtime_ns: int) -> tuple[ts.Context, str]:
     return context, fingerprint(context)
 
 
-def node_keys(
-    node_config: Mapping[str, object], round_config: Mapping[str, object]
-) -> tuple[ts.Context, str]:
-    """This node's secret context and its fingerprint (cached per process)."""
-    raw = node_config.get(KEYS_CONFIG) or round_config.get(KEYS_CONFIG)
+def node_keys(node_config: Mapping[str, object], run_keys: str) -> tuple[ts.Context, str]:
+    """This node's secret context and its fingerprint (cached per process). `run_keys`
+    is the round config's `he-keys`, used only where the node names none (simulation)."""
+    raw = node_config.get(KEYS_CONFIG) or run_keys
     if not raw:
         raise HeError(
             "this round is encrypted but the node has no CKKS key; start it with "
@@ -66,9 +66,9 @@ class HeRound:
         cls,
         record: ConfigRecord,
         node_config: Mapping[str, object],
-        round_config: Mapping[str, object],
+        round_config: RoundConfig,
     ) -> HeRound:
-        context, own = node_keys(node_config, round_config)
+        context, own = node_keys(node_config, round_config.he_keys)
         state = EncryptedGlobal.from_wire(record)
         if state.fingerprint != own:
             raise HeError(
