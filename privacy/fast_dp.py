@@ -26,9 +26,12 @@ from aidmp.privacy.proximal import ProximalPull
 
 
 def supports(model: nn.Module) -> bool:
-    """True for an nn.Sequential of Linear and ReLU layers only."""
-    return isinstance(model, nn.Sequential) and all(
-        isinstance(layer, nn.Linear | nn.ReLU) for layer in model
+    """True for an nn.Sequential of Linear (with or without bias) and ReLU layers only,
+    every parameter trainable: the clipped sum below has one term per parameter."""
+    return (
+        isinstance(model, nn.Sequential)
+        and all(isinstance(layer, nn.Linear | nn.ReLU) for layer in model)
+        and all(p.requires_grad for p in model.parameters())
     )
 
 
@@ -36,11 +39,12 @@ def clipped_gradient_sum(
     model: nn.Sequential, xb: torch.Tensor, yb: torch.Tensor, max_grad_norm: float
 ) -> tuple[list[torch.Tensor], float]:
     """Σ_i clip(∇loss_i, C) for each parameter (in model.parameters() order), and Σ_i loss_i."""
-    inputs, outputs = [], []
+    inputs, outputs, biased = [], [], []
     h = xb
     for layer in model:
         if isinstance(layer, nn.Linear):
             inputs.append(h)
+            biased.append(layer.bias is not None)
             h = layer(h)
             outputs.append(h)
         else:
@@ -49,14 +53,14 @@ def clipped_gradient_sum(
     grads = torch.autograd.grad(loss, outputs)
     with torch.no_grad():
         sq_norms = sum(
-            g.pow(2).sum(1) * (a.pow(2).sum(1) + 1.0)  # weight ‖g‖²‖a‖² plus bias ‖g‖²
-            for a, g in zip(inputs, grads, strict=True)
+            g.pow(2).sum(1) * (a.pow(2).sum(1) + float(b))  # weight ‖g‖²‖a‖², bias ‖g‖²
+            for a, g, b in zip(inputs, grads, biased, strict=True)
         )
         factor = (max_grad_norm / (sq_norms.sqrt() + 1e-6)).clamp(max=1.0)
         sums = []
-        for a, g in zip(inputs, grads, strict=True):
+        for a, g, b in zip(inputs, grads, biased, strict=True):
             scaled = g * factor[:, None]
-            sums += [scaled.T @ a, scaled.sum(0)]  # weight, bias: parameters() order
+            sums += [scaled.T @ a, scaled.sum(0)] if b else [scaled.T @ a]  # parameters() order
     return sums, float(loss.detach())
 
 

@@ -87,3 +87,24 @@ def test_fedprox_pull_keeps_dp_training_near_the_global_model(mode):
         return sum(float((model.state_dict()[k] - v).pow(2).sum()) for k, v in start.items())
 
     assert drift(5.0) < 0.1 * drift(0.0)
+
+
+def test_bias_free_layers_are_supported_and_clipped_per_example():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 6, bias=False), nn.ReLU(), nn.Linear(6, 2))
+    assert supports(model)
+    xb, yb = torch.randn(20, 12) * 3, torch.randint(0, 2, (20,))
+    fast, _ = clipped_gradient_sum(model, xb, yb, 0.5)
+    assert [t.shape for t in fast] == [p.shape for p in model.parameters()]
+    for a, b in zip(fast, _explicit_clipped_sum(model, xb, yb, 0.5), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    x = np.random.default_rng(0).normal(size=(100, 12)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 2, 100)
+    train_dp_linear(model, x, y, epochs=1, batch_size=25, learning_rate=0.1, seed=0,
+                    noise_multiplier=1.0, max_grad_norm=1.0)  # fmt: skip
+
+
+def test_a_frozen_parameter_is_not_supported():
+    model = nn.Sequential(nn.Linear(4, 2))
+    model[0].bias.requires_grad_(False)
+    assert not supports(model)
