@@ -30,7 +30,8 @@ from aidmp.governance.scenarios import parse_scenario
 from aidmp.privacy.he.keys import key_file_for, load_context
 from aidmp.privacy.he.state import EncryptedGlobal, unflatten_state
 from aidmp.server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
-from aidmp.server.federation import REPORT_NAME, run_federation
+from aidmp.server.federation import run_federation
+from aidmp.server.report import REPORT_NAME
 from aidmp.simulations.baseline import centralized_baseline
 from aidmp.simulations.plots import plot_metrics
 from aidmp.tasks import get_task, load_dataset

@@ -18,7 +18,7 @@ from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
 from aidmp.governance.policy import load_policy
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
-from aidmp.server.federation import REPORT_NAME
+from aidmp.server.report import REPORT_NAME
 from aidmp.simulations.runner import bundled_policy
 from tests.recording import run_recorded
 

@@ -16,7 +16,7 @@ from aidmp.config import RunConfig
 from aidmp.privacy.he.keys import COORDINATOR_FILE, INSTITUTION_FILE, key_ceremony, load_context
 from aidmp.privacy.he.state import UPDATE_KEY, EncryptedGlobal
 from aidmp.server.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from aidmp.server.federation import REPORT_NAME
+from aidmp.server.report import REPORT_NAME
 from tests.recording import run_recorded
 
 pytestmark = pytest.mark.slow
