@@ -29,10 +29,15 @@ _TASK_MODULES = {
 TASK_NAMES = tuple(_TASK_MODULES)
 
 
-def get_task(name: str) -> Task:
-    """The task called `name`, or an error that lists the ones there are."""
+def check_task_name(name: str) -> None:
+    """An error that lists the tasks there are, unless `name` is one; loads nothing."""
     if name not in _TASK_MODULES:
         raise AidmpError(f"unknown task '{name}'; choose one of: {', '.join(TASK_NAMES)}")
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`, or an error that lists the ones there are."""
+    check_task_name(name)
     return importlib.import_module(_TASK_MODULES[name]).TASK
 
 
@@ -50,4 +55,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["TASK_NAMES", "Dataset", "Task", "get_task", "load_dataset"]
+__all__ = ["TASK_NAMES", "Dataset", "Task", "check_task_name", "get_task", "load_dataset"]

@@ -48,3 +48,20 @@ def test_unwritable_out_is_refused_before_anything_runs(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("aidmp: error: cannot write to --out")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["simulate", "--help"], ["simulate", "--task", "cifar"], ["ledger", "show"]],
+)
+def test_help_and_common_mistakes_answer_without_loading_torch_or_flower(args):
+    # aidmp/cli/ imports the heavy packages inside its handlers, after the cheap checks.
+    code = (
+        "import sys\nfrom aidmp.cli import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'flwr', 'tenseal', 'pandas') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr

@@ -1,0 +1,120 @@
+"""The coordinator's commands: `certs`, `coordinator`, `run`.
+
+They wrap Flower's own tools (flower-superlink, flwr run); each handler imports them
+when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_certs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certs", help="coordinator: a lab CA and the SuperLink's certificate")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    init = verbs.add_parser("init", help="write ca.crt, ca.key, server.pem, server.key")
+    init.add_argument("dir")
+    init.add_argument(
+        "--host",
+        action="append",
+        help="a name or IP the nodes dial (repeatable; default: localhost and 127.0.0.1)",
+    )
+    init.add_argument("--days", type=int, default=365)
+    init.set_defaults(handler=_run_certs)
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aidmp.server.certs import init_certs
+
+    for path in init_certs(Path(args.dir), args.host, args.days):
+        print(f"wrote {path}")
+    print("give ca.crt to every node; keep ca.key and server.key on the coordinator")
+    return 0
+
+
+def add_coordinator(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("coordinator", help="coordinator: run the SuperLink, register nodes")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    start = verbs.add_parser("start", help="flower-superlink with TLS and node authentication")
+    start.add_argument("--port", type=int, default=9092)
+    start.add_argument("--host", default="0.0.0.0")
+    tls = start.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--certs", help="folder with ca.crt, server.pem, server.key")
+    tls.add_argument("--insecure", action="store_true", help="no TLS, no node auth (tests)")
+    start.add_argument("--state", default="coordinator-state", help="SuperLink database folder")
+    start.set_defaults(handler=_run_coordinator)
+    reg = verbs.add_parser("register-node", help="allow a node's public key to connect")
+    reg.add_argument("public_key")
+    reg.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for a SuperLink still starting"
+    )
+    _connection_args(reg)
+    reg.set_defaults(handler=_run_coordinator)
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--superlink", required=True, help="HOST:PORT of the coordinator")
+    tls = p.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--ca", help="the federation's CA certificate (ca.crt)")
+    tls.add_argument("--insecure", action="store_true")
+    p.add_argument("--flwr-home", help="Flower CLI home for the connection (default ~/.aidmp/flwr)")
+
+
+def _run_coordinator(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from aidmp.flower_tools import flower_env
+    from aidmp.server.superlink import default_flwr_home, register_node, superlink_command
+
+    if args.verb == "start":
+        cmd = superlink_command(
+            args.port, None if args.insecure else Path(args.certs), Path(args.state), args.host
+        )
+        print("starting: " + " ".join(cmd), flush=True)
+        os.execve(cmd[0], cmd, flower_env())  # the SuperLink takes over
+    home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
+    ca = None if args.insecure else Path(args.ca)
+    print(register_node(Path(args.public_key), args.superlink, ca, home, wait=args.wait))
+    return 0
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="coordinator: submit a run to the SuperLink and follow it")
+    _connection_args(p)
+    p.add_argument("--run-config", default="", help='e.g. "num-rounds=5 he=true dp=true"')
+    p.add_argument("--app", default=".", help="the Flower App folder (this project)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the job from OUT/checkpoint.npz (after a coordinator restart); "
+        "the same as resume=true in --run-config",
+    )
+    p.set_defaults(handler=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from aidmp.flower_tools import flower_tool
+    from aidmp.server.superlink import default_flwr_home, flwr_env, write_connection
+
+    home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
+    name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
+    cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
+    run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
+    if run_config.strip():
+        cmd += ["--run-config", run_config.strip()]
+    code = subprocess.run(cmd, env=flwr_env(home)).returncode
+    if code != 0:
+        print(
+            "aidmp: the run ended with an error. If the coordinator's SuperLink went down, "
+            "restart it (`aidmp coordinator start`, same --state) and continue the job with "
+            "the same command plus --resume; its checkpoint is in the run's out-dir",
+            file=sys.stderr,
+        )
+    return code

@@ -1,0 +1,222 @@
+"""An institution's commands: `ledger`, `govern`, `audit`, `node`.
+
+Each handler imports what it needs (pandas, cryptography, Flower) when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aidmp.errors import AidmpError
+
+
+def add_ledger(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ledger", help="institution: show, verify or reset a privacy ledger")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    for verb, text in (
+        ("show", "spend per run and round"),
+        ("verify", "recompute eps from the stored history and check the recorded figures"),
+    ):
+        v = verbs.add_parser(verb, help=text)
+        v.add_argument("path", help="a ledger.json, or the node's state folder holding one")
+        v.set_defaults(handler=_run_ledger)
+    r = verbs.add_parser("reset", help="set a ledger aside and start the dataset afresh (logged)")
+    r.add_argument("path", help="the node's state folder, or its ledger.json")
+    r.add_argument("--reason", required=True, help="why; written to ledger-admin.log")
+    r.set_defaults(handler=_run_ledger)
+
+
+def _run_ledger(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger, reset_ledger
+
+    path = Path(args.path)
+    folder, file = (path, path / LEDGER_NAME) if path.is_dir() else (path.parent, path)
+    if args.verb == "reset":
+        import getpass
+
+        kept = reset_ledger(folder, reason=args.reason, who=getpass.getuser())
+        print(f"ledger reset in {folder}" + (f"; the old one is kept as {kept}" if kept else ""))
+        return 0
+    ledger = PrivacyLedger.load(file)
+    if args.verb == "show":
+        print(
+            f"{file}\n  dataset {ledger.dataset[:16]}…  budget eps {ledger.budget:g}  "
+            f"delta {ledger.delta:g}  accountant {ledger.accountant}"
+        )
+        print(
+            f"  {'job':>20} {'run':>20} {'round':>5} {'sigma':>8} {'q':>8} {'steps':>6} "
+            f"{'eps after':>9}"
+        )
+        for e in ledger.entries:
+            # A round of a job released again (a coordinator restarted mid-round) is
+            # charged again, and marked here.
+            again = f"  release {e['release']}" if e.get("release", 1) > 1 else ""
+            print(
+                f"  {e.get('job_id', e['run_id']):>20} {e['run_id']:>20} {e['round']:>5} "
+                f"{e['noise_multiplier']:8.4f} {e['sample_rate']:8.5f} {e['steps']:6d} "
+                f"{e['epsilon_after']:9.4f}{again}"
+            )
+        print(f"  spent eps {ledger.spent():.4f} of {ledger.budget:g}")
+        return 0
+    problems = ledger.verify()
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    if problems:
+        return 1
+    print(f"ok: {len(ledger.entries)} entries; eps {ledger.spent():.4f} recomputed and matches")
+    return 0
+
+
+def add_govern(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("govern", help="institution: check data against a governance policy")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    init = verbs.add_parser("init", help="draft a policy from the data, for review")
+    init.add_argument("data", help="a CSV or Parquet file")
+    init.add_argument("--out", required=True, help="where to write the draft policy YAML")
+    init.add_argument("--label", help="the label column (default: the last column)")
+    init.set_defaults(handler=_run_govern)
+    check = verbs.add_parser(
+        "check", help="run the pipeline; exit 0 if the data passes, 1 with reasons if not"
+    )
+    check.add_argument("data", help="a CSV or Parquet file")
+    check.add_argument("--policy", required=True, help="the institution's policy YAML")
+    check.add_argument("--report", help="folder for the full report (JSON and HTML)")
+    check.set_defaults(handler=_run_govern)
+
+
+def _run_govern(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aidmp.governance.load import load_table
+    from aidmp.governance.policy import load_policy
+
+    data = Path(args.data)
+    if args.verb == "init":
+        from aidmp.governance.draft import draft_policy, write_draft
+
+        out = Path(args.out)
+        if out.exists():
+            raise AidmpError(f"{out} exists; choose another --out, or remove it deliberately")
+        frame = load_table(data)
+        if args.label and args.label not in frame.columns:
+            raise AidmpError(f"--label {args.label!r} is not a column of {data}")
+        draft = draft_policy(frame, args.label)
+        write_draft(draft, data, out)
+        tags = [f"{c}={r['tag']}" for c, r in draft["columns"].items() if r["tag"] != "public"]
+        print(f"wrote {out}: {len(draft['columns'])} columns, label {draft['label']!r}")
+        print("tagged: " + (", ".join(tags) or "nothing"))
+        print("review it before use: every line was inferred from the data")
+        return 0
+    from aidmp.governance.pipeline import govern, site_secret
+    from aidmp.governance.report import local_report, write_reports
+
+    policy, sha = load_policy(Path(args.policy))
+    result = govern(load_table(data, encoding=policy.encoding, delimiter=policy.delimiter),
+                    policy, site_secret(policy))  # fmt: skip
+    report = local_report(result, policy, sha, str(data))
+    if args.report:
+        json_path, html_path = write_reports(report, Path(args.report))
+        print(f"wrote {json_path} and {html_path}")
+    print(f"rows: {report['rows_in']} in, {report['rows_used']} used; removed {report['removed']}")
+    for column, spec in sorted(result.pii.items()):
+        print(f"PII: {column} {spec}")
+    if result.admitted:
+        print(f"PASS: {data} meets {args.policy}")
+        return 0
+    for reason in result.local_reasons:
+        print(f"FAIL: {reason}")
+    return 1
+
+
+def add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="institution: the audit log of what left the site")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    verify = verbs.add_parser("verify", help="check the hash chain; name any edited entry")
+    verify.add_argument("path", help="an audit.jsonl, or the node's state folder holding one")
+    verify.set_defaults(handler=_run_audit_log)
+
+
+def _run_audit_log(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aidmp.privacy.audit import AUDIT_NAME, summarize, verify_audit_log
+
+    path = Path(args.path)
+    path = path / AUDIT_NAME if path.is_dir() else path
+    problems = verify_audit_log(path)
+    if not problems:
+        info = summarize(path)
+        print(f"OK: {path} is intact; {json.dumps(info, default=str)}")
+        return 0
+    for p in problems:
+        print(f"line {p.line} (seq {p.seq}): {p.problem}")
+    print(f"TAMPERED: {len(problems)} problem(s) in {path}")
+    return 1
+
+
+def add_node(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("node", help="institution: the node's identity")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    keygen = verbs.add_parser("keygen", help="make the node's EC key pair (P-384, OpenSSH)")
+    keygen.add_argument("--out", required=True, help="private key path; OUT.pub is the public")
+    keygen.set_defaults(handler=_run_node)
+    start = verbs.add_parser("start", help="run this site's SuperNode (flower-supernode)")
+    _node_start_args(start)
+    start.set_defaults(handler=_run_node_start)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aidmp.client.node_keys import node_keygen
+
+    private, public, digest = node_keygen(Path(args.out))
+    print(f"wrote {private} (private: stays on this node) and {public} (send to the coordinator)")
+    print(f"public key SHA-256 {digest}")
+    return 0
+
+
+def _node_start_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--superlink", required=True, help="HOST:PORT of the coordinator")
+    p.add_argument("--data", required=True, help="this site's CSV or Parquet file")
+    p.add_argument("--policy", required=True, help="this site's governance policy YAML")
+    p.add_argument("--keys", help="institution.ckks (needed for encrypted runs)")
+    p.add_argument("--ledger", required=True, help="state folder: ledger, audit log, reports")
+    p.add_argument("--node-key", help="private key from `aidmp node keygen`")
+    tls = p.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--ca", help="the federation's CA certificate (ca.crt)")
+    tls.add_argument("--insecure", action="store_true")
+    p.add_argument("--port", type=int, default=9094, help="local ClientApp port (one per node)")
+    p.add_argument("--name", default=None, help="how reports name this site")
+    p.add_argument("--dp-epsilon", type=float, help="this site's DP budget (DP-SGD on)")
+    p.add_argument("--max-retries", type=int, help="give up after N failed connections")
+    p.add_argument("--max-wait-time", type=float, help="give up after S seconds of retrying")
+
+
+def _run_node_start(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from aidmp.client.supernode import node_config, supernode_command
+    from aidmp.flower_tools import flower_env
+
+    config = node_config(
+        data=Path(args.data), policy=Path(args.policy), state_dir=Path(args.ledger),
+        keys=Path(args.keys) if args.keys else None,
+        name=args.name or Path(args.ledger).resolve().name, dp_epsilon=args.dp_epsilon,
+    )  # fmt: skip
+    cmd = supernode_command(
+        superlink=args.superlink, config=config,
+        node_key=Path(args.node_key) if args.node_key else None,
+        ca=None if args.insecure else Path(args.ca), port=args.port,
+    )  # fmt: skip
+    if args.max_retries is not None:
+        cmd += ["--max-retries", str(args.max_retries)]
+    if args.max_wait_time is not None:
+        cmd += ["--max-wait-time", str(args.max_wait_time)]
+    print("starting: " + " ".join(cmd), flush=True)
+    os.execve(cmd[0], cmd, flower_env())
+    return 0  # not reached
