@@ -33,9 +33,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy -p aidmp.server -p aidmp.client -p aidmp.privacy -p aidmp.strategies \
+		-p aidmp.tasks -p aidmp.cli -m aidmp.config -m aidmp.round_config -m aidmp.errors \
+		-m aidmp.atomic -m aidmp.flower_tools
 
 bench: setup
 	$(BIN)/python benchmarks/simulation_overhead.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .mypy_cache

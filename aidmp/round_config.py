@@ -105,7 +105,7 @@ class RoundConfig(BaseModel):
         field = cls.model_fields[name]
         default = None if field.is_required() else field.get_default()
         key = field.alias or name
-        if record is None or key not in record:
+        if record is None or key not in record or field.annotation is None:
             return default
         try:
             return TypeAdapter(field.annotation).validate_python(record[key], strict=True)

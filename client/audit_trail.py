@@ -63,9 +63,7 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
 
 def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -> Message:
     """Append the reply to the node's audit log; a decline replaces it if that fails."""
-    rnd, job_id, state_root, run_policy = _round_facts(
-        msg.content.config_records.get(RECORD_NAME)
-    )
+    rnd, job_id, state_root, run_policy = _round_facts(msg.content.config_records.get(RECORD_NAME))
     state_dir = node_state_dir(context, state_root)
     if state_dir is None:
         global _warned
@@ -77,17 +75,19 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
     node = None if reply.has_error() else reply.content.config_records.get("node")
     governance = None if reply.has_error() else reply.content.config_records.get("governance")
     if reply.has_error():
-        decision = "decline" if "governance:" in reply.error.reason else None
+        decision = "decline" if "governance:" in (reply.error.reason or "") else None
         details: dict[str, object] = {"code": reply.error.code}
     else:
         decision = str(governance["decision"]) if governance is not None else None
         details = {"encrypted": "he-update" in reply.content.config_records}
-        if node is not None and "release" in node:  # 1, or 2, 3, ... for a round released again
-            details["release"] = int(node["release"])  # type: ignore[arg-type]
+        release = None if node is None else node.get("release")
+        if isinstance(release, int):  # 1, or 2, 3, ... for a round released again
+            details["release"] = release
     # Which message this answers (the ledger keeps the same id for the release it
     # charged), and the training job, which outlives a coordinator's restart.
     details |= {"reply_to": msg.metadata.message_id, "job": job_id}
-    epsilon = float(node["epsilon-round"]) if node is not None and "epsilon-round" in node else None
+    charged = None if node is None else node.get("epsilon-round")
+    epsilon = float(charged) if isinstance(charged, int | float) else None
     entry = AuditEntry(
         run=str(context.run_id),
         round=rnd,

@@ -123,7 +123,9 @@ def _source(
 
     def load() -> pd.DataFrame:
         rows = partition_indices(load_dataset(task).y_train, n, partition, seed)[index]
-        raw = get_task(task).raw_train().iloc[rows].reset_index(drop=True)  # type: ignore[misc]
+        raw_train = get_task(task).raw_train
+        assert raw_train is not None  # governed_data declines a task without raw rows
+        raw = raw_train().iloc[rows].reset_index(drop=True)
         return apply_scenario(raw, parse_scenario(scenario), index, seed)
 
     return key, load

@@ -463,9 +463,9 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
 
 def _parse_all(path: Path, raw: bytes) -> list[dict[str, object]]:
     if raw and not raw.endswith(b"\n"):
-        line = raw.count(b"\n") + 1
+        last = raw.count(b"\n") + 1
         raise AuditError(
-            f"audit log {path} line {line}: the last line is incomplete (a write cut "
+            f"audit log {path} line {last}: the last line is incomplete (a write cut "
             f"short?); check it with `{VERIFY_COMMAND}`"
         )
     records = []

@@ -15,6 +15,7 @@ backpropagation already has ("ghost clipping", Goodfellow 2015; Li et al. 2022).
 from __future__ import annotations
 
 import math
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from aidmp.privacy.ledger import Charge
 from aidmp.privacy.proximal import ProximalPull
 
 
-def supports(model: nn.Module) -> bool:
+def supports(model: nn.Module) -> TypeGuard[nn.Sequential]:
     """True for an nn.Sequential of Linear (with or without bias) and ReLU layers only,
     every parameter trainable: the clipped sum below has one term per parameter."""
     return (
@@ -53,8 +54,11 @@ def clipped_gradient_sum(
     grads = torch.autograd.grad(loss, outputs)
     with torch.no_grad():
         sq_norms = sum(
-            g.pow(2).sum(1) * (a.pow(2).sum(1) + float(b))  # weight ‖g‖²‖a‖², bias ‖g‖²
-            for a, g, b in zip(inputs, grads, biased, strict=True)
+            (
+                g.pow(2).sum(1) * (a.pow(2).sum(1) + float(b))  # weight ‖g‖²‖a‖², bias ‖g‖²
+                for a, g, b in zip(inputs, grads, biased, strict=True)
+            ),
+            torch.zeros(()),  # a tensor from the start (0.0 + x is x, exactly)
         )
         factor = (max_grad_norm / (sq_norms.sqrt() + 1e-6)).clamp(max=1.0)
         sums = []
@@ -65,7 +69,7 @@ def clipped_gradient_sum(
 
 
 def train_dp_linear(
-    model: nn.Sequential,
+    model: nn.Module,  # one that `supports`, or a PrivacyError
     x: np.ndarray,
     y: np.ndarray,
     *,

@@ -38,7 +38,9 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     meta = {**ckpt.meta, "round": ckpt.round, "format": FORMAT_VERSION}
-    arrays = {f"model/{k}": v for k, v in ckpt.model.items()}
+    # Any: numpy's stub reads **arrays as possibly holding savez's `allow_pickle`; these
+    # keys (model/..., strategy/..., meta) never do.
+    arrays: dict[str, Any] = {f"model/{k}": v for k, v in ckpt.model.items()}
     arrays |= {f"strategy/{k}": v for k, v in ckpt.strategy_state.items()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()

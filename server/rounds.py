@@ -80,7 +80,7 @@ def _failures(
     for m in replies:
         if not m.has_error():
             continue
-        match = _NAMED_REASON.match(m.error.reason)
+        match = _NAMED_REASON.match(m.error.reason or "")
         node = (sent_to or {}).get(m.metadata.reply_to_message_id, m.metadata.src_node_id)
         failures.append(
             {
@@ -119,7 +119,7 @@ def _privacy_spend(replies: Iterable[Message]) -> dict[str, dict[str, float]]:
             spend[str(node["institution"])] = {
                 k: float(v)
                 for k, v in node.items()
-                if k != "institution"  # type: ignore[arg-type]
+                if k != "institution" and isinstance(v, int | float)  # spend figures only
             }
     return spend
 
@@ -246,7 +246,8 @@ def _expiring(messages: Iterable[Message], ttl: float) -> list[Message]:
 
 
 def _metric(metrics: MetricRecord | None, key: str) -> float | None:
-    return float(metrics[key]) if metrics is not None and key in metrics else None
+    value = None if metrics is None else metrics.get(key)
+    return float(value) if isinstance(value, int | float) else None  # not a list metric
 
 
 def run_rounds(

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from logging import getLogger
+from typing import Any
 
 import tenseal as ts
 import torch
@@ -46,9 +47,9 @@ class EncryptedFedAvg(FedAvg):
         server_momentum: float = 0.0,
         server_learning_rate: float = 1.0,
         proximal_mu: float = 0.0,
-        **fedavg: object,
+        **fedavg: Any,  # FedAvg's own keyword arguments (sampling, weighting)
     ) -> None:
-        super().__init__(**fedavg)  # type: ignore[arg-type]
+        super().__init__(**fedavg)
         if context.is_private():
             raise HeError(
                 "the coordinator was given a secret CKKS context; it must only hold the "
@@ -142,9 +143,12 @@ class EncryptedFedAvg(FedAvg):
             )
         metrics = content.metric_records.get("metrics")
         weight = None if metrics is None else metrics.get(self.weighted_by_key)
-        if not isinstance(weight, (int, float)) or weight <= 0:
+        if metrics is None or not isinstance(weight, (int, float)) or weight <= 0:
             return f"reported no positive '{self.weighted_by_key}'; not aggregated"
-        chunks = list(update["chunks"])  # type: ignore[arg-type]
+        raw = update.get("chunks")
+        if not isinstance(raw, list) or not all(isinstance(c, bytes) for c in raw):
+            return "sent an update whose chunks are not ciphertext bytes; not aggregated"
+        chunks = [c for c in raw if isinstance(c, bytes)]  # every one of them, typed
         try:
             self._sum.add(chunks, who)
         except HeError as exc:

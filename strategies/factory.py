@@ -9,7 +9,7 @@ federation), then samples int(nodes * fraction), never fewer than `min-nodes`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
+from typing import TypedDict, get_args
 
 from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import (
@@ -76,9 +76,20 @@ def _encrypted_strategy(cfg: RunConfig) -> EncryptedFedAvg:
     )
 
 
-def _sampling(cfg: RunConfig) -> dict[str, object]:
+class _Sampling(TypedDict):
+    """The keyword arguments every FedAvg-family strategy takes from the run config."""
+
+    fraction_train: float
+    fraction_evaluate: float
+    min_train_nodes: int
+    min_evaluate_nodes: int
+    min_available_nodes: int
+    weighted_by_key: str
+
+
+def _sampling(cfg: RunConfig) -> _Sampling:
     floor = min(cfg.min_nodes, cfg.min_available_nodes)
-    return dict(
+    return _Sampling(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=floor,

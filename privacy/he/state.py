@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import tenseal as ts
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues
 
 from aidmp.errors import HeError
 from aidmp.privacy.he.packing import decrypt_vector
@@ -48,6 +48,20 @@ def unflatten_state(
     return out
 
 
+def _scalar(value: ConfigRecordValues) -> int | float | str | bool:
+    """A wire value that int() or float() may read; a list or bytes is a TypeError."""
+    if isinstance(value, list | bytes):
+        raise TypeError(f"a {type(value).__name__} where a number belongs")
+    return value
+
+
+def _blobs(value: ConfigRecordValues) -> list[bytes]:
+    """A wire value that must be a list of ciphertexts; anything else is a TypeError."""
+    if not isinstance(value, list) or not all(isinstance(b, bytes) for b in value):
+        raise TypeError(f"a {type(value).__name__} where a list of ciphertexts belongs")
+    return [b for b in value if isinstance(b, bytes)]
+
+
 @dataclass
 class EncryptedGlobal:
     size: int  # parameters in the model
@@ -59,7 +73,7 @@ class EncryptedGlobal:
     # m: nodes weight their update by n/m (privacy/he/packing.py, "Large federations").
     weight_unit: float = 1.0
 
-    def _meta(self) -> dict[str, object]:
+    def _meta(self) -> dict[str, int | float | str]:
         return {
             "size": self.size,
             "fingerprint": self.fingerprint,
@@ -107,23 +121,23 @@ class EncryptedGlobal:
 
     # --- the wire, coordinator -> node --------------------------------------------
     def to_wire(self) -> ConfigRecord:
-        record: dict[str, object] = {**self._meta(), "model": list(self.model)}
+        record: dict[str, ConfigRecordValues] = {**self._meta(), "model": list(self.model)}
         if self.momentum:
             record["momentum"] = list(self.momentum)
-        return ConfigRecord(record)  # type: ignore[arg-type]
+        return ConfigRecord(record)
 
     @classmethod
     def from_wire(cls, record: ConfigRecord) -> EncryptedGlobal:
         try:
             momentum = record.get("momentum")
             return cls(
-                size=int(record["size"]),  # type: ignore[arg-type]
+                size=int(_scalar(record["size"])),
                 fingerprint=str(record["fingerprint"]),
-                model=list(record["model"]),  # type: ignore[arg-type]
-                model_check=float(record["model-check"]),  # type: ignore[arg-type]
-                momentum=list(momentum) if momentum else None,  # type: ignore[arg-type]
-                momentum_check=float(record["momentum-check"]),  # type: ignore[arg-type]
-                weight_unit=float(record.get("weight-unit", 1.0)),  # type: ignore[arg-type]
+                model=_blobs(record["model"]),
+                model_check=float(_scalar(record["model-check"])),
+                momentum=_blobs(momentum) if momentum else None,
+                momentum_check=float(_scalar(record["momentum-check"])),
+                weight_unit=float(_scalar(record.get("weight-unit", 1.0))),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise HeError(f"the encrypted global model arrived incomplete ({exc})") from None
