@@ -22,6 +22,9 @@ class AidmpError(Exception):
     declines the round with `decline_code` and the message as the reason."""
 
     decline_code = DeclineCode.DATA_UNAVAILABLE
+    # What a node sends instead of the message when the message may name local paths or
+    # quote input (client/decline.py); None: the message is fit to send.
+    public_reason: str | None = None
 
 
 class PrivacyError(AidmpError):
@@ -46,4 +49,27 @@ def describe_validation_error(what: str, exc: ValidationError) -> str:
     """pydantic's first complaint as one line: which key, what is wrong, what was given."""
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return f"{what} '{where}': {first['msg']} (got {first.get('input')!r})"
+    return f"{what} '{where}': {first['msg']} (got {snippet(first.get('input'))})"
+
+
+SNIPPET_CHARS = 40
+
+
+def snippet(value: object, limit: int = SNIPPET_CHARS) -> str:
+    """A short, escaped quote of untrusted input for a message shown locally.
+
+    Text is cut to `limit` characters and repr-escaped (no newlines or control
+    characters); a container is described by its type and length, never expanded (a
+    YAML alias bomb is billions of items deep); a huge number by its size. Text sent
+    to the coordinator quotes no input at all, not even this.
+    """
+    if isinstance(value, str | bytes):
+        cut = value[:limit]
+        return repr(cut) + ("…" if len(value) > limit else "")
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
+    if isinstance(value, list | tuple | dict | set | frozenset):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    return f"a value of type {type(value).__name__}"

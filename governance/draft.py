@@ -4,6 +4,10 @@ It is a draft for the admin to review and edit, never a policy applied unread: i
 infers each column's type, range or categories, finds personal data by value
 patterns and column names, and tags each column identifier, quasi-identifier,
 sensitive or public. The header of the file says so.
+
+Values copied from the data into the draft (category lists) must be inert: a column
+with a value that a spreadsheet would run as a formula, or one longer than a cell
+may be (governance/cells.py), is drafted as plain text, without its values.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from aidmp.governance.cells import needs_escape
+from aidmp.governance.load import check_column_names
 from aidmp.governance.pii import scan_frame
 from aidmp.governance.policy import DEFAULT_PII_ACTIONS, DIRECT_IDENTIFIERS, Policy
 
@@ -38,8 +44,13 @@ def _column_rule(series: pd.Series, name: str) -> dict[str, Any]:
     else:
         text = present.astype("string").str.strip()
         distinct = text.nunique()
-        if distinct <= MAX_CATEGORIES and distinct <= max(2, 0.05 * len(text)):
-            rule = {"type": "category", "categories": sorted(text.unique().tolist())}
+        values = sorted(text.unique().tolist()) if distinct <= MAX_CATEGORIES else []
+        if (
+            distinct <= MAX_CATEGORIES
+            and distinct <= max(2, 0.05 * len(text))
+            and not any(needs_escape(v) for v in values)
+        ):
+            rule = {"type": "category", "categories": values}
         else:
             rule = {"type": "str"}
     rule["nullable"] = bool(series.isna().any())
@@ -48,6 +59,7 @@ def _column_rule(series: pd.Series, name: str) -> dict[str, Any]:
 
 def draft_policy(frame: pd.DataFrame, label: str | None = None) -> dict[str, Any]:
     """The draft as a dict in the policy's schema (validated before it is returned)."""
+    check_column_names([str(c) for c in frame.columns], "the data")
     label = label or str(frame.columns[-1])
     if label not in frame.columns:
         raise ValueError(f"label column '{label}' is not in the data")

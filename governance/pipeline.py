@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from aidmp.errors import snippet
+from aidmp.governance.cells import inert
 from aidmp.governance.pii import scan_frame
 from aidmp.governance.policy import DIRECT_IDENTIFIERS, ColumnRule, Policy
 
@@ -94,7 +96,9 @@ class _Run:
                 f"schema: {len(unexpected)} column(s) not in the policy; add them, or set "
                 "unexpected_columns: drop",
                 f"schema: {len(unexpected)} column(s) not in the policy: "
-                f"{', '.join(map(repr, unexpected))}; add them, or set unexpected_columns: drop",
+                f"{', '.join(snippet(str(c)) for c in unexpected[:EXAMPLES])}"
+                f"{', …' if len(unexpected) > EXAMPLES else ''}; add them, or set "
+                "unexpected_columns: drop",
             )
         self.unexpected = unexpected
         if missing:
@@ -105,7 +109,8 @@ class _Run:
             n_bad = int(invalid.sum())
             if n_bad:
                 invalid_total[column] = n_bad
-                examples = self.frame[column][invalid].astype(str).head(EXAMPLES).tolist()
+                bad_values = self.frame[column][invalid].head(EXAMPLES)
+                examples = [inert(v) for v in bad_values.astype(str)]
                 self.steps.append(
                     {"step": "schema", "column": column, "invalid": n_bad, "examples": examples}
                 )
@@ -354,7 +359,8 @@ def raise_no_secret(env: str) -> None:
 
     raise GovernanceError(
         f"the policy hashes a column but ${env} is not set; set it to this site's secret "
-        "(the same value every run, or hashes will not match across rounds)"
+        "(the same value every run, or hashes will not match across rounds)",
+        code="no-site-secret",
     )
 
 

@@ -3,18 +3,30 @@
 The policy is the institution's own, and nothing the coordinator sends can loosen
 it. A mistake in it is reported with the key path and the YAML line, e.g.
 `policy.yaml line 12, columns.age.min: Input should be a valid number`.
+
+A policy file is small and plain: at most `MAX_POLICY_BYTES`, a mapping at the top,
+and no YAML aliases (`*name`), whose expansion can make a few lines of text into
+billions of items. Messages quote at most a short, escaped snippet of the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from aidmp.errors import AidmpError, DeclineCode
+from aidmp.errors import AidmpError, DeclineCode, snippet
 
 Action = Literal["drop", "hash", "generalize", "keep"]
 Tag = Literal["identifier", "quasi-identifier", "sensitive", "public"]
@@ -30,10 +42,39 @@ DEFAULT_PII_ACTIONS: dict[str, Action] = {
 DIRECT_IDENTIFIERS = frozenset(DEFAULT_PII_ACTIONS) - {"date_of_birth", "postcode"}
 
 
+MAX_POLICY_BYTES = 1024 * 1024
+
+# Why a node could not govern its data, as the coordinator hears it: a fixed code and
+# description. The message itself, which can name local paths and quote the policy or
+# the data, stays at the node (its log, and `aidmp govern check` at the site).
+GOVERNANCE_FAILURES = {
+    "policy-invalid": "the node's governance policy is missing, unreadable or invalid",
+    "data-unreadable": "the node's data file is missing, empty or not a readable table",
+    "header-looks-like-data": "the data file's first line looks like data, not a header",
+    "no-site-secret": "the policy hashes a column and the node's site secret is not set",
+    "task-mismatch": "the round's task and the node's governed data do not fit together",
+    "failed": "governance could not run on the node's data",
+    "declined": "the node's data does not meet its governance policy",
+}
+
+
 class GovernanceError(AidmpError):
-    """The policy is invalid, or the data cannot be governed (unreadable, empty)."""
+    """The policy is invalid, or the data cannot be governed (unreadable, empty).
+
+    `code` names the failure for the coordinator (a key of GOVERNANCE_FAILURES);
+    `public` replaces the fixed description, for text built to be sent (a decline's
+    reasons, which carry no values and no small counts).
+    """
 
     decline_code = DeclineCode.GOVERNANCE
+
+    def __init__(self, message: str, *, code: str = "failed", public: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.public_reason = public or (
+            f"governance failed ({code}): {GOVERNANCE_FAILURES[code]}; the node's own log "
+            "and `aidmp govern check` at the node say more"
+        )
 
 
 class _Strict(BaseModel):
@@ -110,6 +151,25 @@ class Policy(_Strict):
         "AIDMP_SITE_SECRET", description="environment variable holding the HMAC key for hash"
     )
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown text encoding {snippet(value)}; use one Python knows, e.g. utf-8 "
+                "or latin-1"
+            ) from None
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1:
+            raise ValueError("a delimiter is one character, e.g. ',' or ';'")
+        return value
+
     @model_validator(mode="after")
     def _references_exist(self) -> Policy:
         known = set(self.columns)
@@ -123,11 +183,11 @@ class Policy(_Strict):
             ]
         for where, column in refs:
             if column not in known:
-                raise ValueError(f"{where} names '{column}', which is not under columns")
+                raise ValueError(f"{where} names {snippet(column)}, which is not under columns")
         unknown = sorted(set(self.pii_by_type) - set(DEFAULT_PII_ACTIONS))
         if unknown:
             raise ValueError(
-                f"pii_by_type has unknown type(s) {', '.join(unknown)}; "
+                f"pii_by_type has unknown type(s) {', '.join(map(snippet, unknown[:3]))}; "
                 f"known: {', '.join(DEFAULT_PII_ACTIONS)}"
             )
         return self
@@ -155,31 +215,91 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _plain(text: str, limit: int = 80) -> str:
+    """Short printable text as it is; anything else as an escaped snippet."""
+    return text if len(text) <= limit and text.isprintable() else snippet(text, limit)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases: a policy has no use for them, and nested
+    ones expand a few lines into billions of items (the "billion laughs")."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise _AliasRefused(mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+class _AliasRefused(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+def _parse(text: str, path: Path) -> tuple[yaml.MappingNode, dict[str, Any]]:
+    """The composed top-level node (for line numbers) and its value, or one clear line."""
+    loader = _NoAliasLoader(text)
+    try:
+        root = loader.get_single_node()
+        if not isinstance(root, yaml.MappingNode):
+            kind = {yaml.SequenceNode: "a list", yaml.ScalarNode: "a single value"}
+            got = "nothing" if root is None else kind.get(type(root), "something else")
+            raise GovernanceError(
+                f"{path}: a policy is a YAML mapping (key: value lines), and this file holds "
+                f"{got}; is it the policy? Draft one with `aidmp govern init DATA --out P`",
+                code="policy-invalid",
+            )
+        data = loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise GovernanceError(
+            f"{path}{where}: YAML syntax error: {_plain(problem)}", code="policy-invalid"
+        ) from None
+    except _AliasRefused as exc:
+        raise GovernanceError(
+            f"{path} line {exc.line}: YAML aliases (*name) are not allowed in a policy; write "
+            "the value out in full",
+            code="policy-invalid",
+        ) from None
+    except RecursionError:
+        raise GovernanceError(
+            f"{path}: nested too deeply to be a policy", code="policy-invalid"
+        ) from None
+    finally:
+        loader.dispose()
+    return root, data
+
+
 def load_policy(path: Path) -> tuple[Policy, str]:
     """The validated policy and the SHA-256 of its file (the policy hash in reports)."""
     if not path.is_file():
         raise GovernanceError(
-            f"no policy at {path}; draft one with `aidmp govern init DATA --out {path}`"
+            f"no policy at {path}; draft one with `aidmp govern init DATA --out {path}`",
+            code="policy-invalid",
+        )
+    size = path.stat().st_size
+    if size > MAX_POLICY_BYTES:
+        raise GovernanceError(
+            f"{path} is {size:,} bytes; a policy is at most {MAX_POLICY_BYTES:,}. Is it the "
+            "policy, or a data file?",
+            code="policy-invalid",
         )
     raw = path.read_bytes()
+    if len(raw) > MAX_POLICY_BYTES:  # it grew since
+        raise GovernanceError(f"{path} is over {MAX_POLICY_BYTES:,} bytes", code="policy-invalid")
     text = raw.decode("utf-8", errors="replace")
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise GovernanceError(f"{path}{where}: YAML syntax error: {problem}") from None
-    if not isinstance(data, dict):
-        raise GovernanceError(f"{path}: a policy is a YAML mapping (key: value), got {data!r}")
+    root, data = _parse(text, path)
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
         line = _line_of(root, loc)
-        where = ".".join(str(p) for p in loc) or "(top level)"
+        where = ".".join(_plain(str(p)) for p in loc)
         at = f" line {line}," if line else ""
-        raise GovernanceError(f"{path}{at} {where}: {first['msg']}") from None
+        raise GovernanceError(
+            f"{path}{at} {where or '(top level)'}: {first['msg']}", code="policy-invalid"
+        ) from None
     return policy, hashlib.sha256(raw).hexdigest()

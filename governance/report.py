@@ -3,7 +3,14 @@
 The summary holds aggregates only. Every count of rows below the policy's
 `min_count` (other than zero, which describes no one) is withheld and named under
 `withheld`. The number of rows in the input is never sent, and missing rates go in
-steps of 5%, so a withheld count cannot be recovered by subtraction.
+steps of 5%, so a withheld count cannot be recovered by subtraction. It names only
+columns the policy declares: a column found in the data and not in the policy (a
+header line that is really a row of data would make one per value) is never named,
+only the kinds of personal data found in such columns (`pii-undeclared`).
+
+Whatever came from the data (column names, example values, frequent values) is made
+inert before it goes into a report or the summary: no spreadsheet formula, no huge
+cell (governance/cells.py). The HTML report escapes everything it shows.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from aidmp.atomic import atomic_write_bytes, atomic_write_json
+from aidmp.governance.cells import inert, inert_tree
 from aidmp.governance.pipeline import GovernanceResult
 from aidmp.governance.policy import Policy
 
 REPORT_JSON = "governance-report.json"
 REPORT_HTML = "governance-report.html"
+MAX_REASON_CHARS = 300
 
 
 def coordinator_summary(
@@ -45,15 +54,22 @@ def coordinator_summary(
     put("outliers-flagged", result.outliers_flagged)
     if result.k_achieved is not None:
         put("k-achieved", result.k_achieved)
+    declared = policy.columns
     for column, n in sorted(result.missing_counts.items()):
+        if column not in declared:
+            continue
         if n == 0 or n >= floor:
             # In steps of 5%: an exact rate would give away the row count it divides by,
             # and with it any withheld count (rows-used + removed-* = that count).
-            out[f"missing-rate:{column}"] = round(result.missing_rates[column] * 20) / 20
+            out[f"missing-rate:{inert(column)}"] = round(result.missing_rates[column] * 20) / 20
         else:
-            withheld.append(f"missing-rate:{column}")
-    out["pii-columns"] = sorted(f"{c}={a}" for c, a in result.pii.items())
-    out["reasons"] = list(result.reasons)
+            withheld.append(f"missing-rate:{inert(column)}")
+    out["pii-columns"] = sorted(f"{inert(c)}={a}" for c, a in result.pii.items() if c in declared)
+    # Undeclared columns are dropped, never named: only the kinds of data found in them.
+    out["pii-undeclared"] = sorted(
+        {a.split(":", 1)[0] for c, a in result.pii.items() if c not in declared}
+    )
+    out["reasons"] = [inert(r, MAX_REASON_CHARS) for r in result.reasons]
     out["withheld"] = withheld
     return out
 
@@ -61,12 +77,21 @@ def coordinator_summary(
 def local_report(
     result: GovernanceResult, policy: Policy, policy_sha256: str, source: str
 ) -> dict[str, Any]:
-    """Everything, for the institution's own staff: exact counts, examples, findings."""
+    """Everything, for the institution's own staff: exact counts, examples, findings.
+    What came from the data (column names, example and frequent values) is inert."""
+    from_data = inert_tree(
+        {
+            "tags": result.tags,
+            "pii": result.pii,
+            "missing_rates": result.missing_rates,
+            **result.report,
+        }
+    )
     return {
         "source": source,
         "policy_sha256": policy_sha256,
         "decision": "admit" if result.admitted else "decline",
-        "reasons": result.local_reasons,
+        "reasons": [inert(r, 4 * MAX_REASON_CHARS) for r in result.local_reasons],
         "rows_in": result.rows_in,
         "rows_used": len(result.frame) if result.admitted else 0,
         "removed": result.removed,
@@ -74,10 +99,7 @@ def local_report(
         "k_anonymity": None
         if policy.k_anonymity is None
         else {"k": policy.k_anonymity.k, "achieved": result.k_achieved},
-        "tags": result.tags,
-        "pii": result.pii,
-        "missing_rates": result.missing_rates,
-        **result.report,
+        **from_data,
         "sent_to_coordinator": coordinator_summary(result, policy, policy_sha256),
     }
 
