@@ -20,7 +20,6 @@ from flwr.app import (
     ConfigRecord,
     ConfigRecordValues,
     Context,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
@@ -30,6 +29,7 @@ from torch import nn
 
 from aidmp.client.audit_trail import audit_mod
 from aidmp.client.data import dataset_id, has_own_data, institution_name, local_data, node_state_dir
+from aidmp.client.decline import decline, decline_for, require_own_state_dir
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
 from aidmp.errors import AidmpError, DeclineCode, HeError, RoundConfigError
@@ -53,7 +53,8 @@ def _decline_on_error(handler: Callable[[Message, Context], Message]):
     """Turn a problem the node can name into an error reply the coordinator can log.
 
     The reason starts with the node's name in brackets, so the coordinator can say
-    which institution declined even if it never heard from it before.
+    which institution declined even if it never heard from it before. It carries no
+    input, file contents or local paths (client/decline.py); the full message is logged.
     """
 
     def wrapped(msg: Message, context: Context) -> Message:
@@ -61,15 +62,14 @@ def _decline_on_error(handler: Callable[[Message, Context], Message]):
         try:
             return handler(msg, context)
         except AidmpError as exc:  # a round config it cannot read is one (RoundConfigError)
-            code, reason = exc.decline_code, str(exc)
+            return decline_for(msg, context, exc)
         except Exception as exc:  # never crash, and never echo data in the reason
             log.exception("[%s] the %s handler failed", name, handler.__name__)
-            code = DeclineCode.DATA_UNAVAILABLE
             reason = (
                 f"this node failed with {type(exc).__name__} (details in its own log); "
                 "it sat this round out"
             )
-        return Message(Error(code=code, reason=f"[{name}] {reason}"), reply_to=msg)
+            return decline(msg, context, DeclineCode.DATA_UNAVAILABLE, reason)
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -98,6 +98,7 @@ def _setup(
     """The round's config, its task, this node's data, the global model as received, and,
     in an encrypted round, its decrypted state."""
     config = RoundConfig.from_record(msg.content.config_records.get(RECORD_NAME))
+    require_own_state_dir(context.node_config, config.dp)  # DP: nothing leaves unaudited
     task = get_task(config.task)
     # Local governance first: it decides whether, and on which rows, this node trains.
     state_dir = node_state_dir(context, config.state_root)

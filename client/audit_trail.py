@@ -4,6 +4,8 @@ The entry holds the run, the round, the kind of message, the SHA-256 and size of
 the exact bytes of its content (Flower's deterministic protobuf encoding), the ε
 this round charged, and the governance decision with the policy's hash. If the
 log cannot be written, the node sends a decline instead: nothing leaves unrecorded.
+Nor does a node with its own data under DP that has no state folder of its own send
+anything but a decline (client/decline.py); only a simulated node may go unaudited.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import hashlib
 import logging
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_to_proto
 
-from aidmp.client.data import institution_name, node_state_dir
+from aidmp.client.data import node_state_dir
+from aidmp.client.decline import decline_for, require_own_state_dir
 from aidmp.client.governed import policy_path
 from aidmp.errors import AidmpError, RoundConfigError
 from aidmp.privacy.audit import AUDIT_NAME, AuditEntry, AuditLog, payload_digest
@@ -62,8 +65,14 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
 
 
 def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -> Message:
-    """Append the reply to the node's audit log; a decline replaces it if that fails."""
-    rnd, job_id, state_root, run_policy = _round_facts(msg.content.config_records.get(RECORD_NAME))
+    """Append the reply to the node's audit log; a decline replaces it if that fails,
+    or if the node trains under DP on its own data with no state folder of its own."""
+    try:
+        require_own_state_dir(context.node_config)
+    except AidmpError as exc:  # nothing it could record: a decline without data instead
+        return decline_for(msg, context, exc)
+    record = msg.content.config_records.get(RECORD_NAME)
+    rnd, job_id, state_root, run_policy = _round_facts(record)
     state_dir = node_state_dir(context, state_root)
     if state_dir is None:
         global _warned
@@ -102,6 +111,5 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
     try:
         AuditLog(state_dir / AUDIT_NAME).append(entry)
     except AidmpError as exc:
-        name = institution_name(context.node_config, context.node_id)
-        return Message(Error(code=exc.decline_code, reason=f"[{name}] {exc}"), reply_to=msg)
+        return decline_for(msg, context, exc)
     return reply

@@ -75,7 +75,8 @@ def governed_data(
     if task.raw_train is None or task.encode is None:
         raise GovernanceError(
             f"task '{task.name}' has no tabular schema for governance to check; "
-            "run it without a policy, or choose a tabular task such as adult"
+            "run it without a policy, or choose a tabular task such as adult",
+            code="task-mismatch",
         )
     key, load = _source(node_config, config, policy)
     # The local train/validation split. A node with its own data splits by its own seed
@@ -96,7 +97,8 @@ def governed_data(
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     if not governed.admitted:
-        raise GovernanceError("governance: " + "; ".join(governed.reasons))
+        reasons = "governance: " + "; ".join(governed.reasons)  # built to be sent (pipeline.py)
+        raise GovernanceError(reasons, code="declined", public=reasons)
     return governed
 
 
@@ -107,14 +109,17 @@ def _source(
     if has_own_data(node_config):
         path = Path(str(node_config["data"]))
         if not path.is_file():
-            raise GovernanceError(f"no data file at {path}; check the node's `data` setting")
+            raise GovernanceError(
+                f"no data file at {path}; check the node's `data` setting", code="data-unreadable"
+            )
         stat = path.stat()
         key: tuple[Any, ...] = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         return key, lambda: load_table(path, encoding=policy.encoding, delimiter=policy.delimiter)
     if "partition-id" not in node_config or "num-partitions" not in node_config:
         raise GovernanceError(
             "this node has a policy but no data; start it with "
-            "--node-config \"data='/path/rows.csv' policy='/path/policy.yaml'\""
+            "--node-config \"data='/path/rows.csv' policy='/path/policy.yaml'\"",
+            code="data-unreadable",
         )
     index, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
     task, partition, seed = config.task, config.partition, config.seed
@@ -159,7 +164,8 @@ def _run(
         _log.exception("encoding the governed frame failed")
         raise GovernanceError(
             f"the governed data does not fit task '{task.name}' ({type(exc).__name__}); "
-            "tighten the policy's types and categories to the task's schema"
+            "tighten the policy's types and categories to the task's schema",
+            code="task-mismatch",
         ) from None
     # A stable per-source seed (Python's hash() differs between processes).
     offset = int(hashlib.sha256(repr(key).encode()).hexdigest()[:6], 16)

@@ -10,11 +10,14 @@ round 1.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from aidmp.errors import AidmpError
 from aidmp.flower_tools import flower_tool
 from aidmp.governance.policy import load_policy
+from aidmp.privacy.audit import AUDIT_NAME
 from aidmp.privacy.he.keys import load_context
 
 
@@ -24,22 +27,52 @@ def _quoted(value: str) -> str:
     return f"'{value}'"
 
 
+def _check_state_dir(state_dir: Path | None, dp_epsilon: float | None) -> Path:
+    """The folder for the ledger, the audit log and reports: one this node can write. A
+    node under DP with none would send updates that nothing at the site records."""
+    if state_dir is None:
+        raise AidmpError(
+            "no state folder: a node keeps its privacy ledger and the audit log of what it "
+            "sends there" + (" and DP is on" if dp_epsilon is not None else "")
+            + "; give --ledger DIR (kept across runs)"
+        )  # fmt: skip
+    if state_dir.exists() and not state_dir.is_dir():
+        raise AidmpError(f"--ledger {state_dir} is a file; give a folder (kept across runs)")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=state_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise AidmpError(
+            f"cannot write to the state folder {state_dir} ({exc.strerror}); the node could "
+            "keep no ledger and no audit log there"
+        ) from None
+    audit = state_dir / AUDIT_NAME
+    if audit.exists() and (not audit.is_file() or not os.access(audit, os.W_OK)):
+        raise AidmpError(
+            f"{audit} is not a file this node can append to; the node would send with no "
+            "audit log. Move it aside (and keep it: it is the record of what this site sent)"
+        )
+    return state_dir
+
+
 def node_config(
     *,
     data: Path,
     policy: Path,
-    state_dir: Path,
+    state_dir: Path | None,
     keys: Path | None,
     name: str,
     dp_epsilon: float | None,
 ) -> str:
-    """The `--node-config` string, after checking each file it names."""
+    """The `--node-config` string, after checking each file it names and that the state
+    folder can hold the ledger and the audit log."""
     if not data.is_file():
         raise AidmpError(f"no data file at {data}")
     load_policy(policy)  # a broken policy is named with its line, now
     if keys is not None:
         load_context(keys, "institution")  # a public-only or loose key file is refused
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = _check_state_dir(state_dir, dp_epsilon)
     parts = {
         "name": _quoted(name),
         "data": _quoted(str(data.resolve())),
