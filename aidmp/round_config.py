@@ -34,8 +34,11 @@ HE_SERVER_LR_KEY = "he-server-lr"  # EncryptedFedAvg
 CLIPPING_NORM_KEY = KEY_CLIPPING_NORM  # Flower's client-side fixed clipping (client-level DP)
 
 DP_FIELDS = frozenset(
-    {"dp", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_noise_multiplier", "dp_accountant"}
-)
+    {
+        "dp", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_noise_multiplier",
+        "dp_accountant", "dp_grad_sample_mode",
+    }
+)  # fmt: skip
 
 _EXPECTED = {
     "int_type": "an integer",
@@ -69,6 +72,8 @@ class RoundConfig(BaseModel):
     dp_max_grad_norm: float | None = Field(None, alias="dp-max-grad-norm")
     dp_noise_multiplier: float | None = Field(None, alias="dp-noise-multiplier")
     dp_accountant: str | None = Field(None, alias="dp-accountant")
+    # Never sent by our coordinator; a node has always honoured it from a round config.
+    dp_grad_sample_mode: str | None = Field(None, alias="dp-grad-sample-mode")
     # --- simulation only: a deployed node's own node config wins (''= not set) -------
     state_root: str = Field("", alias="state-root")
     he_keys: str = Field("", alias="he-keys")

@@ -63,18 +63,18 @@ def test_node_config_wins_over_the_run_config(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "node", "match"),
+    ("overrides", "match"),
     [
-        ({"dp-epsilon": 0.0}, {}, "dp-epsilon"),
-        ({"dp-epsilon": -1.0}, {}, "dp-epsilon"),
-        ({"dp-delta": 1.5}, {}, "dp-delta"),
-        ({}, {"dp-grad-sample-mode": "ew"}, "not one of"),  # a node setting only
+        ({"dp-epsilon": 0.0}, "dp-epsilon"),
+        ({"dp-epsilon": -1.0}, "dp-epsilon"),
+        ({"dp-delta": 1.5}, "dp-delta"),
+        ({"dp-grad-sample-mode": "ew"}, "not one of"),
     ],
 )
-def test_bad_policy_values_are_clear_errors(tmp_path, overrides, node, match):
+def test_bad_policy_values_are_clear_errors(tmp_path, overrides, match):
     config = _round({"dp": True, "dp-epsilon": 3.0, "state-root": str(tmp_path)} | overrides)
     with pytest.raises(PrivacyError, match=match):
-        resolve_dp_policy(node, config, "institution-0")
+        resolve_dp_policy({}, config, "institution-0")
 
 
 def test_dp_without_a_state_folder_is_refused():
