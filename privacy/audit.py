@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aidmp.errors import AidmpError, DeclineCode
+from aidmp.errors import AidmpError, DeclineCode, snippet
 
 AUDIT_NAME = "audit.jsonl"
 # The CLI command that runs `verify_audit_log`; named in error messages. Keep it in
@@ -418,7 +418,7 @@ def _reject_constant(name: str) -> object:
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400 parses as inf, which no writer here produces
-        raise ValueError(f"number out of range: {text}")
+        raise ValueError(f"number out of range: {snippet(text)}")
     return value
 
 
@@ -453,9 +453,9 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"malformed: missing key(s) {', '.join(sorted(missing))}"
     extra = record.keys() - RECORD_KEYS
     if extra:
-        return None, f"malformed: unexpected key(s) {', '.join(sorted(extra))}"
+        return None, f"malformed: unexpected key(s) {', '.join(map(snippet, sorted(extra)[:3]))}"
     if not _is_int(record["seq"]) or record["seq"] < 1:
-        return None, f"malformed: seq must be a positive integer, got {record['seq']!r}"
+        return None, f"malformed: seq must be a positive integer, got {snippet(record['seq'])}"
     if not isinstance(record["prev"], str) or not isinstance(record["hash"], str):
         return None, "malformed: prev and hash must be strings"
     return record, None

@@ -325,3 +325,13 @@ def test_a_dp_node_with_no_state_folder_of_its_own_declines_instead_of_sending(s
     reply = _send(node, kind, drop)
     assert reply.has_error() and reply.error.code == DeclineCode.PRIVACY_POLICY
     assert "no state-dir of its own" in reply.error.reason
+
+
+def test_a_tampered_audit_line_is_reported_without_its_content(tmp_path):
+    from aidmp.privacy.audit import RECORD_KEYS, verify_audit_log
+
+    record = dict.fromkeys(RECORD_KEYS, "x") | {"seq": "=" + "9" * 100_000}
+    path = tmp_path / "audit.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps(record | {"y" * 100_000: 1}) + "\n")
+    problems = [p.problem for p in verify_audit_log(path)]
+    assert len(problems) == 2 and all(len(p) < 300 for p in problems), problems
