@@ -17,7 +17,16 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 # The rooms of the project, subpackages of aidmp.
-SUBPACKAGES = ("server", "client", "strategies", "privacy", "governance", "tasks", "simulations")
+SUBPACKAGES = (
+    "server",
+    "client",
+    "strategies",
+    "privacy",
+    "governance",
+    "tasks",
+    "analytics",
+    "simulations",
+)
 
 # A Flower App bundle (`flwr run .`) skips symbolic links, so there the rooms are only
 # siblings of this folder: look for them there too.
