@@ -12,7 +12,7 @@ declines with a Flower error reply (code >= 100) and a reason, never a crash.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypedDict
 
 from flwr.app import (
@@ -28,15 +28,16 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from aidmp.client.audit_trail import audit_mod
-from aidmp.client.data import dataset_id, has_own_data, institution_name, local_data, node_state_dir
+from aidmp.client.data import dataset_id, institution_name, local_data, node_state_dir
 from aidmp.client.decline import decline, decline_for, require_own_state_dir
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
 from aidmp.errors import AidmpError, DeclineCode, HeError, RoundConfigError
+from aidmp.node_config import has_own_data
 from aidmp.privacy.he.node import HeRound
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
 from aidmp.privacy.node_round import release_seed, train_private_round
-from aidmp.privacy.policy import resolve_dp_policy
+from aidmp.privacy.policy import resolve_node_privacy
 from aidmp.round_config import RECORD_NAME, RoundConfig
 from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY
 from aidmp.tasks import Task, get_task
@@ -109,10 +110,11 @@ def _setup(
     if WIRE_KEY in msg.content.config_records:
         he = HeRound.open(msg.content.config_records[WIRE_KEY], context.node_config, config)
         he.load_into(model)
-    elif _truthy(context.node_config.get("he-required", False)):
+    elif he_required(context.node_config):
         raise HeError(
-            "this node requires encrypted rounds (node config he-required=true) and the "
-            "coordinator sent the model in plaintext; run with he=true"
+            "this node requires encrypted rounds (it holds a CKKS key, or its node config "
+            "says he-required=true) and the coordinator sent the model in plaintext; "
+            "run with he=true"
         )
     else:
         arrays = msg.content.array_records.get("arrays")
@@ -129,6 +131,15 @@ def _truthy(value: object) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
 
+def he_required(node_config: Mapping[str, object]) -> bool:
+    """Whether this node refuses plaintext rounds: its own `he-required`, which for a node
+    with its own data and a CKKS key of its own defaults to true (the node decides; a
+    run config saying he=false cannot make it send a plaintext update)."""
+    if "he-required" in node_config:
+        return _truthy(node_config["he-required"])
+    return has_own_data(node_config) and bool(node_config.get("he-keys"))
+
+
 @app.train()
 @_decline_on_error
 def train(msg: Message, context: Context) -> Message:
@@ -142,7 +153,10 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=config.proximal_mu,
     )
     node: dict[str, ConfigRecordValues] = {"institution": name}
-    policy = resolve_dp_policy(context.node_config, config, name)
+    privacy = resolve_node_privacy(context.node_config, config, name)
+    policy = privacy.policy
+    if privacy.refused:  # the run asked for settings this node does not take
+        node["refused"] = "; ".join(privacy.refused)
     if policy is None:
         loss = task.train(model, data.x_train, data.y_train, **hyper)
     else:

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import UserConfigValue
 
 from aidmp.errors import AidmpError
+from aidmp.node_config import has_own_data
 from aidmp.round_config import RoundConfig
 from aidmp.tasks import load_dataset
 from aidmp.tasks.base import LocalData
@@ -28,13 +29,6 @@ def simulated_institution(
     task: str, partition: str, seed: int, num_institutions: int, index: int
 ) -> LocalData:
     return institution_data(load_dataset(task), num_institutions, partition, seed, index)
-
-
-def has_own_data(node_config: Mapping[str, object]) -> bool:
-    """A node with its own data file (`aidmp node start --data`), as opposed to one that
-    serves a simulated split the researcher made. Only such a node keeps seeds the
-    coordinator must not know: its DP noise and its train/validation split."""
-    return "data" in node_config
 
 
 def local_data(node_config: Mapping[str, UserConfigValue], config: RoundConfig) -> LocalData:
@@ -76,7 +70,7 @@ def node_state_dir(context: Any, state_root: str) -> Path | None:
     in simulation the run's `state-root`/<institution> (the round config's `state_root`)."""
     if "state-dir" in context.node_config:
         return Path(str(context.node_config["state-dir"]))
-    if state_root:
+    if state_root and not has_own_data(context.node_config):  # the node decides
         name = institution_name(context.node_config, context.node_id)
         return Path(state_root) / name
     return None

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from flwr.app import Error, Message
 
-from aidmp.client.data import has_own_data, institution_name
+from aidmp.client.data import institution_name
 from aidmp.errors import AidmpError, PrivacyError
+from aidmp.node_config import has_own_data
 
 log = logging.getLogger("aidmp.client")
 

@@ -25,12 +25,12 @@ from typing import Any
 import pandas as pd
 from flwr.app import UserConfigValue
 
-from aidmp.client.data import has_own_data
 from aidmp.governance.load import load_table
 from aidmp.governance.pipeline import govern, site_secret
 from aidmp.governance.policy import GovernanceError, Policy, load_policy
 from aidmp.governance.report import coordinator_summary, local_report, write_reports
 from aidmp.governance.scenarios import apply_scenario, parse_scenario
+from aidmp.node_config import has_own_data
 from aidmp.round_config import RoundConfig
 from aidmp.tasks import get_task, load_dataset
 from aidmp.tasks.base import LocalData
@@ -55,10 +55,12 @@ _cache: OrderedDict[tuple[Any, ...], Governed] = OrderedDict()
 
 
 def policy_path(node_config: Mapping[str, UserConfigValue], run_policy: str) -> str | None:
-    """The node's own `policy`, or in simulation the run's (the round config's
-    `governance_policy`); None when neither names one."""
+    """The node's own `policy`; only in simulation the run's (the round config's
+    `governance_policy`) where the node names none. None: governance is off."""
     own = node_config.get("policy")
-    return str(own) if own else run_policy or None
+    if own:
+        return str(own)
+    return None if has_own_data(node_config) else run_policy or None
 
 
 def governed_data(

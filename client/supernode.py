@@ -66,7 +66,7 @@ def node_config(
     dp_epsilon: float | None,
 ) -> str:
     """The `--node-config` string, after checking each file it names and that the state
-    folder can hold the ledger and the audit log."""
+    folder can hold the ledger and the audit log. `dp_epsilon` None: --no-dp."""
     if not data.is_file():
         raise AidmpError(f"no data file at {data}")
     load_policy(policy)  # a broken policy is named with its line, now
@@ -82,8 +82,12 @@ def node_config(
     }
     if keys is not None:
         parts["he-keys"] = _quoted(str(keys.resolve()))
+    # The DP choice is always stated: a node with its own data that states none declines
+    # every round (privacy/policy.py), and no run config can make the choice for it.
     if dp_epsilon is not None:
         parts |= {"dp": "true", "dp-epsilon": str(dp_epsilon)}
+    else:
+        parts["dp"] = "false"
     return " ".join(f"{k}={v}" for k, v in parts.items())
 
 

@@ -1,22 +1,35 @@
-"""A node's DP policy: its own settings first, the run's only where it has none.
+"""A node's DP policy. The node decides (DESIGN.md, "Parties and trust").
 
-In deployment an institution states its promise in its node config
-(`flower-supernode --node-config "dp-epsilon=3 state-dir='/var/lib/aidmp'"`), and
-no run config can loosen it. In simulation the researcher plays every
-institution, so the run config is every node's policy.
+A node with its own data (`aidmp node start --data ...`) states its promise in its node
+config (`--node-config "dp=true dp-epsilon=3 state-dir='/var/lib/aidmp'"`, or
+`dp=false` for a node started with `--no-dp`), and every DP setting comes from there.
+Whatever other DP setting a run asks for (dp=false, another ε, δ, clipping norm, σ or
+accountant) is refused: the node trains under its own settings and names what it
+refused, in its log and in its reply. A run asking for DP at a node started with
+--no-dp is declined, since the node has no budget to spend. The coordinator's
+`state-root` is never a ledger folder for such a node: a new out-dir must not mean a
+fresh budget.
+
+In simulation the researcher plays every institution, so the run config is every
+node's policy, and a node config key (if any) overrides it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aidmp.errors import PrivacyError, describe_validation_error
+from aidmp.node_config import has_own_data
 from aidmp.privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
 from aidmp.round_config import RoundConfig
+
+log = logging.getLogger("aidmp.privacy")
 
 POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
@@ -31,33 +44,102 @@ class DPPolicy(BaseModel):
     delta: float = Field(1e-5, alias="dp-delta", gt=0, lt=1)
     max_grad_norm: float = Field(1.0, alias="dp-max-grad-norm", gt=0)
     noise_multiplier: float = Field(0.0, alias="dp-noise-multiplier", ge=0)
-    accountant: Literal["rdp", "prv"] = Field("rdp", alias="dp-accountant")
+    accountant: Literal["pld", "rdp", "prv"] = Field("pld", alias="dp-accountant")
     grad_sample_mode: str = Field(DEFAULT_GRAD_SAMPLE_MODE, alias="dp-grad-sample-mode")
     state_dir: Path
+
+
+@dataclass(frozen=True)
+class NodePrivacy:
+    """The DP policy a node trains under (None: no DP), and what the run asked for that
+    the node did not honour, as `key=value` of the run's request."""
+
+    policy: DPPolicy | None
+    refused: tuple[str, ...] = ()
 
 
 def resolve_dp_policy(
     node_config: Mapping[str, Any], round_config: RoundConfig, institution: str
 ) -> DPPolicy | None:
     """The policy this node trains under, or None if it trains without DP."""
-    run_policy = round_config.dp_policy()  # only the dp-* keys the coordinator sent
-    merged = {k: run_policy[k] for k in POLICY_KEYS if k in run_policy}
-    merged |= {k: node_config[k] for k in POLICY_KEYS if k in node_config}
-    if not merged.get("dp", False):
-        return None
+    return resolve_node_privacy(node_config, round_config, institution).policy
+
+
+def resolve_node_privacy(
+    node_config: Mapping[str, Any], round_config: RoundConfig, institution: str
+) -> NodePrivacy:
+    """The node's policy and its refusals; see the module docstring for who decides."""
+    asked = round_config.dp_policy()  # only the dp-* keys the coordinator sent
+    own_data = has_own_data(node_config)
+    if own_data:
+        settings, refused = _own_settings(node_config, asked)
+    else:  # simulation: the run's policy, a node config key over it
+        settings = {k: asked[k] for k in POLICY_KEYS if k in asked}
+        settings |= {k: node_config[k] for k in POLICY_KEYS if k in node_config}
+        refused = []
+    if refused:
+        log.warning("[%s] the run asked for %s; refused, this node's own settings apply",
+                    institution, ", ".join(refused))  # fmt: skip
+    if not _truthy(settings.get("dp", False)):
+        return NodePrivacy(None, tuple(refused))
     if "state-dir" in node_config:
         state_dir = Path(str(node_config["state-dir"]))
-    elif round_config.state_root:
+    elif round_config.state_root and not own_data:
         state_dir = Path(round_config.state_root) / institution
     else:
         raise PrivacyError(
             "DP is on but this node has no state folder for its privacy ledger; start it "
             "with --node-config \"state-dir='/path/kept/across/runs'\""
         )
-    mode = merged.get("dp-grad-sample-mode", DEFAULT_GRAD_SAMPLE_MODE)
+    mode = settings.get("dp-grad-sample-mode", DEFAULT_GRAD_SAMPLE_MODE)
     if mode not in GRAD_SAMPLE_MODES:
         raise PrivacyError(f"dp-grad-sample-mode '{mode}' is not one of {GRAD_SAMPLE_MODES}")
     try:
-        return DPPolicy.model_validate({**merged, "state_dir": state_dir})
+        policy = DPPolicy.model_validate({**settings, "state_dir": state_dir})
     except ValidationError as exc:
         raise PrivacyError(describe_validation_error("dp policy", exc)) from None
+    return NodePrivacy(policy, tuple(refused))
+
+
+def _own_settings(
+    node_config: Mapping[str, Any], asked: Mapping[str, object]
+) -> tuple[dict[str, Any], list[str]]:
+    """The DP settings of a node with its own data, and the run's requests it refuses:
+    every dp-* value the run sent that differs from the node's own. (A smaller ε or δ
+    would be stricter, but ε and δ belong to the node's ledger across all its jobs, so a
+    job does not move them either.)"""
+    if "dp" not in node_config:
+        raise PrivacyError(
+            "this node has its own data but states no DP choice, so it sends nothing; "
+            "start it with --dp-epsilon E (DP-SGD, a budget of E) or --no-dp"
+        )
+    own = {k: node_config[k] for k in POLICY_KEYS if k in node_config}
+    if not _truthy(own["dp"]):
+        if _truthy(asked.get("dp", False)):
+            raise PrivacyError(
+                "the run asks for DP, and this node was started with --no-dp (it has no "
+                "privacy budget to spend); it sits the run out"
+            )
+        return own, []
+    defaults = {
+        field.alias: field.default
+        for field in DPPolicy.model_fields.values()
+        if field.alias is not None and not field.is_required()
+    }
+    refused = []
+    for key, value in asked.items():
+        mine = own.get(key, defaults.get(key))
+        if key == "dp":
+            if not _truthy(value):
+                refused.append("dp=false")
+        elif value != mine and not _same_number(value, mine):
+            refused.append(f"{key}={value}")
+    return own, refused
+
+
+def _same_number(a: object, b: object) -> bool:
+    return isinstance(a, int | float) and isinstance(b, int | float) and float(a) == float(b)
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")

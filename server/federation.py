@@ -56,6 +56,10 @@ def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
     declined = "".join(
         f"\n    declined: {f['institution']}: {f['reason']}" for f in rec.train_failures
     )
+    refused = "".join(
+        f"\n    {name} refused the run's {asked} (its own settings apply)"
+        for name, asked in sorted(rec.refused.items())
+    )
     return (
         f"round {rec.round:>3}/{num_rounds}  acc {_fmt(rec.accuracy)}  loss {_fmt(rec.loss)}"
         f"  fed-acc {_fmt(rec.federated_accuracy)}  train-loss {_fmt(rec.train_loss)}"
@@ -65,6 +69,7 @@ def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
         + governance
         + privacy
         + declined
+        + refused
     )
 
 

@@ -42,6 +42,8 @@ class RoundRecord:
     central_loss: float | None = None
     central_accuracy: float | None = None
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # institution -> spend
+    # institution -> the run's settings its node refused, its own applying (client/app.py)
+    refused: dict[str, str] = field(default_factory=dict)
     governance: dict[str, dict[str, object]] = field(default_factory=dict)  # institution ->
     he_bytes_received: int | None = None  # ciphertext from the nodes (HE runs)
     he_bytes_broadcast: int | None = None  # ciphertext to the nodes, train and evaluate
@@ -108,6 +110,16 @@ def _silent(
         for m in messages
         if m.metadata.message_id not in answered
     ]
+
+
+def _refusals(replies: Iterable[Message]) -> dict[str, str]:
+    """What each node refused of the run's DP settings (the node decides)."""
+    out = {}
+    for m in replies:
+        node = None if m.has_error() else m.content.config_records.get("node")
+        if node is not None and isinstance(node.get("refused"), str):
+            out[str(node["institution"])] = str(node["refused"])
+    return out
 
 
 def _privacy_spend(replies: Iterable[Message]) -> dict[str, dict[str, float]]:
@@ -190,6 +202,7 @@ def _train_incrementally(
         _learn_names([reply], names)
         record.train_failures += _failures([reply], _sent_to(messages), names)
         record.privacy |= _privacy_spend([reply])
+        record.refused |= _refusals([reply])
         record.governance |= _governance([reply])
         who = _institution(reply)
         rejected = strategy.accumulate_train(reply, who)
@@ -296,6 +309,7 @@ def run_rounds(
             record.train_replies = len(replies) - len(record.train_failures)
             record.train_failures += _silent(messages, replies, timeout, names)
             record.privacy = _privacy_spend(replies)
+            record.refused = _refusals(replies)
             record.governance = _governance(replies)
             new_arrays, train_metrics = None, None
             try:

@@ -42,6 +42,8 @@ def _train(site, node_config, seed=0):
         {"arrays": ArrayRecord(model.state_dict()), "config": round_config_for(cfg, 1)}
     )
     msg = Message(content, dst_node_id=3, message_type="train")
+    # A node with its own data always states its DP choice (`node start --no-dp` here).
+    node_config = {"dp": "false"} | node_config
     context = Context(
         run_id=5, node_id=3, node_config=node_config, state=RecordDict(), run_config={}
     )

@@ -202,8 +202,8 @@ def test_tls_node_auth_three_nodes_he_dp_governance(federation):
     # A stranger nobody registered, and a node that will not speak TLS, try to join too.
     fed.aidmp("node", "keygen", "--out", str(fed.tmp / "stranger.key"))
     key = str(fed.tmp / "stranger.key")
-    stranger = fed.start_node("stranger", "--node-key", key, data_of="site-0")
-    plain = fed.start_node("plain", "--max-retries", "2", "--max-wait-time", "20",
+    stranger = fed.start_node("stranger", "--node-key", key, "--no-dp", data_of="site-0")
+    plain = fed.start_node("plain", "--no-dp", "--max-retries", "2", "--max-wait-time", "20",
                            data_of="site-0", link=["--superlink", f"127.0.0.1:{fed.port}",
                                                    "--insecure"])  # fmt: skip
 

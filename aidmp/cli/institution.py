@@ -191,7 +191,10 @@ def _node_start_args(p: argparse.ArgumentParser) -> None:
     tls.add_argument("--insecure", action="store_true")
     p.add_argument("--port", type=int, default=9094, help="local ClientApp port (one per node)")
     p.add_argument("--name", default=None, help="how reports name this site")
-    p.add_argument("--dp-epsilon", type=float, help="this site's DP budget (DP-SGD on)")
+    # The node decides, and its operator must say how: a budget, or no DP at all.
+    dp = p.add_mutually_exclusive_group(required=True)
+    dp.add_argument("--dp-epsilon", type=float, help="this site's DP budget (DP-SGD on)")
+    dp.add_argument("--no-dp", action="store_true", help="train without DP (no budget kept)")
     p.add_argument("--max-retries", type=int, help="give up after N failed connections")
     p.add_argument("--max-wait-time", type=float, help="give up after S seconds of retrying")
 

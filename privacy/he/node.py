@@ -21,6 +21,7 @@ import torch
 from flwr.app import ConfigRecord
 
 from aidmp.errors import HeError
+from aidmp.node_config import has_own_data
 from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import check_range, encrypt_update
 from aidmp.privacy.he.state import EncryptedGlobal, flatten_state, unflatten_state
@@ -38,8 +39,9 @@ def _load(path: str, mtime_ns: int) -> tuple[ts.Context, str]:
 
 def node_keys(node_config: Mapping[str, object], run_keys: str) -> tuple[ts.Context, str]:
     """This node's secret context and its fingerprint (cached per process). `run_keys`
-    is the round config's `he-keys`, used only where the node names none (simulation)."""
-    raw = node_config.get(KEYS_CONFIG) or run_keys
+    is the round config's `he-keys`, used only in simulation where the node names none:
+    a node with its own data uses its own key or none."""
+    raw = node_config.get(KEYS_CONFIG) or ("" if has_own_data(node_config) else run_keys)
     if not raw:
         raise HeError(
             "this round is encrypted but the node has no CKKS key; start it with "

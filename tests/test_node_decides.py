@@ -1,0 +1,178 @@
+"""The node decides: a coordinator's run config cannot loosen a deployed node's privacy.
+
+A deployed-style node (its own data file, policy, state folder, CKKS key and DP budget
+in its own node config) is sent hostile round configs through the whole ClientApp
+(mods included). What it replies is exactly what would reach the coordinator.
+The rows are real UCI Adult rows.
+"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+
+from aidmp.client.app import app
+from aidmp.config import RunConfig
+from aidmp.errors import DeclineCode
+from aidmp.privacy.he.keys import key_ceremony
+from aidmp.privacy.he.state import UPDATE_KEY
+from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
+from aidmp.round_config import RECORD_NAME
+from aidmp.server.federation import round_config_for
+from aidmp.simulations.runner import bundled_policy
+from aidmp.strategies import build_strategy
+from aidmp.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site")
+    rows = get_task("adult").raw_train().iloc[:800].copy()
+    rows["consent"] = "yes"
+    rows.to_csv(folder / "rows.csv", index=False)
+    key_ceremony(folder / "keys")  # the federation's keys: this site holds the secret one
+    key_ceremony(folder / "other-keys")  # keys the coordinator would like the node to use
+    return folder
+
+
+def _node(site, **extra):
+    return {
+        "name": "hospital-a",
+        "data": str(site / "rows.csv"),
+        "policy": str(bundled_policy("adult")),
+        "state-dir": str(site / "state"),
+        "he-keys": str(site / "keys" / "institution.ckks"),
+        "dp": True,
+        "dp-epsilon": 3.0,
+    } | extra
+
+
+def _hostile(record, site):
+    """A round config asking to drop DP, take δ 0.5, keep the ledger elsewhere, and use
+    the coordinator's choice of key and policy."""
+    record["dp"] = False
+    record["dp-delta"] = 0.5
+    record["dp-epsilon"] = 100.0
+    record["state-root"] = str(site / "elsewhere")
+    record["he-keys"] = str(site / "other-keys" / "institution.ckks")
+    record["governance-policy"] = str(site / "rows.csv")
+    return record
+
+
+def _call(msg, node_config):
+    context = Context(run_id=9, node_id=4, node_config=node_config, state=RecordDict(),
+                      run_config={})  # fmt: skip
+    return app(msg, context)
+
+
+def _plaintext_round(site):
+    cfg = RunConfig(task="adult", dp=False, he=False, out_dir=str(site / "run"))
+    torch.manual_seed(0)
+    model = get_task("adult").build_model()
+    record = _hostile(round_config_for(cfg, 1), site)
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), RECORD_NAME: record})
+    return Message(content, dst_node_id=4, message_type="train")
+
+
+def _encrypted_round(site, rnd):
+    cfg = RunConfig(task="adult", dp=False, he=True, he_keys=str(site / "keys"),
+                    min_available_nodes=1, min_nodes=1, central_eval=False,
+                    out_dir=str(site / "run"))  # fmt: skip
+    strategy = build_strategy(cfg)
+    torch.manual_seed(0)
+    arrays = strategy.initial_state(get_task("adult").build_model().state_dict())
+
+    class OneNode:
+        def get_node_ids(self):
+            return [4]
+
+    (msg,) = strategy.configure_train(rnd, arrays, round_config_for(cfg, rnd), OneNode())
+    _hostile(msg.content[RECORD_NAME], site)
+    return msg
+
+
+def test_a_plaintext_round_is_refused_by_a_node_holding_a_key(site):
+    reply = _call(_plaintext_round(site), _node(site))
+    assert reply.has_error() and reply.error.code == DeclineCode.HE_KEYS
+    assert "plaintext" in reply.error.reason
+    assert not (site / "elsewhere").exists()
+
+
+def test_a_hostile_run_config_gets_a_dp_update_under_the_nodes_own_key_and_ledger(site):
+    for rnd in (1, 2):
+        reply = _call(_encrypted_round(site, rnd), _node(site))
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        # Only ciphertext under the federation's key left, never arrays.
+        assert not reply.content.array_records and UPDATE_KEY in reply.content
+        node = reply.content["node"]
+        # DP at the node's own δ, charged to its own ledger; the run's asks refused.
+        assert node["delta"] == 1e-5 and 0 < node["epsilon-spent"] <= 3.0
+        assert {"dp=false", "dp-delta=0.5", "dp-epsilon=100.0"} <= set(
+            str(node["refused"]).split("; ")
+        )
+    ledger = PrivacyLedger.load(site / "state" / LEDGER_NAME)
+    assert len(ledger.entries) == 2 and ledger.spent() <= 3.0
+    assert not (site / "elsewhere").exists()  # the coordinator's state-root: never used
+
+
+def test_a_node_that_states_no_dp_choice_sends_nothing(site):
+    node = _node(site, **{"state-dir": str(site / "state-nodp-choice")})
+    del node["dp"], node["dp-epsilon"]
+    reply = _call(_encrypted_round(site, 1), node)
+    assert reply.has_error() and reply.error.code == DeclineCode.PRIVACY_POLICY
+    assert "--dp-epsilon" in reply.error.reason and "--no-dp" in reply.error.reason
+
+
+def test_a_no_dp_node_sits_out_a_run_that_asks_for_dp(site):
+    msg = _encrypted_round(site, 1)
+    msg.content[RECORD_NAME]["dp"] = True
+    node = _node(site, dp=False, **{"state-dir": str(site / "state-nodp")})
+    del node["dp-epsilon"]
+    reply = _call(msg, node)
+    assert reply.has_error() and reply.error.code == DeclineCode.PRIVACY_POLICY
+    assert "--no-dp" in reply.error.reason
+
+
+def test_a_simulated_institution_still_takes_the_run_config(site):
+    """The researcher plays every part: no data of its own, the run's policy and folder."""
+    cfg = RunConfig(task="breast-cancer", partition="iid", dp=True, dp_epsilon=2.0,
+                    out_dir=str(site / "sim"))  # fmt: skip
+    torch.manual_seed(0)
+    model = get_task("breast-cancer").build_model()
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), RECORD_NAME: round_config_for(cfg, 1)}
+    )
+    msg = Message(content, dst_node_id=4, message_type="train")
+    reply = _call(msg, {"partition-id": 0, "num-partitions": 3})
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert "refused" not in reply.content["node"]
+    assert (site / "sim" / "institutions" / "institution-0" / LEDGER_NAME).is_file()
+
+
+def test_node_start_refuses_to_start_without_a_dp_choice(site):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aidmp.cli",
+            "node",
+            "start",
+            "--superlink",
+            "127.0.0.1:1",
+            "--data",
+            str(site / "rows.csv"),
+            "--policy",
+            str(bundled_policy("adult")),
+            "--ledger",
+            str(site / "state-cli"),
+            "--insecure",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--dp-epsilon" in result.stderr and "--no-dp" in result.stderr
+    assert "Traceback" not in result.stderr
