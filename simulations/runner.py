@@ -118,19 +118,44 @@ def _backend_config(institutions: int, verbose: bool) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: RunConfig, institutions: int, *, verbose: bool = False) -> dict[str, Any]:
-    """Run the federation, the centralized baseline, and write summary.json and metrics.png."""
+ENGINES = ("ray", "inprocess")
+
+
+def simulate(
+    cfg: RunConfig, institutions: int, *, verbose: bool = False, engine: str = "ray"
+) -> dict[str, Any]:
+    """Run the federation, the centralized baseline, and write summary.json and metrics.png.
+
+    `engine="ray"` is Flower's simulation engine; `engine="inprocess"` runs every
+    institution's ClientApp in this process, one after another (simulations/inprocess.py):
+    the same coordinator and node code, without Ray's start-up and actors.
+    """
+    if engine not in ENGINES:
+        raise AidmpError(f"unknown engine '{engine}'; choose one of: {', '.join(ENGINES)}")
     cfg = prepare(cfg, institutions)
     out = Path(cfg.out_dir)
     started = time.monotonic()
 
-    server_app = ServerApp()
+    if engine == "inprocess":
+        from aidmp.simulations.inprocess import InProcessGrid
 
-    @server_app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg, run_id=str(context.run_id))
+        flwr_logger = logging.getLogger("flwr")
+        previous = flwr_logger.level
+        if not verbose:
+            flwr_logger.setLevel(logging.ERROR)  # as on Ray: Flower's sampling chatter
+        try:
+            grid = InProcessGrid(institutions)
+            run_federation(grid, cfg, run_id=str(grid.run.run_id))
+        finally:
+            flwr_logger.setLevel(previous)
+    else:
+        server_app = ServerApp()
 
-    run_flower_simulation(server_app, institutions, verbose=verbose)
+        @server_app.main()
+        def _main(grid: Grid, context: Context) -> None:
+            run_federation(grid, cfg, run_id=str(context.run_id))
+
+        run_flower_simulation(server_app, institutions, verbose=verbose)
     federation_s = time.monotonic() - started
 
     report_path = out / REPORT_NAME
