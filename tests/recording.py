@@ -1,11 +1,12 @@
 """A coordinator whose grid keeps a copy of every reply that reaches it (for tests that
-check what crossed the wire), on Flower's real simulation engine."""
+check what crossed the wire), on Flower's real simulation engine or the in-process one."""
 
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from aidmp.config import RunConfig
 from aidmp.server.federation import run_federation
+from aidmp.simulations.inprocess import InProcessGrid
 from aidmp.simulations.runner import prepare, run_flower_simulation
 
 
@@ -29,9 +30,19 @@ class RecordingGrid:
         return getattr(self._grid, name)
 
 
-def run_recorded(cfg: RunConfig, institutions: int, received: list[Message] | None) -> RunConfig:
-    """Run the federation in simulation; replies land in `received` (if given)."""
+def run_recorded(
+    cfg: RunConfig, institutions: int, received: list[Message] | None, engine: str = "ray"
+) -> RunConfig:
+    """Run the federation in simulation; replies land in `received` (if given).
+
+    `engine="ray"`: Flower's simulation engine; `"inprocess"`: simulations/inprocess.py,
+    the same ClientApp called in this process."""
     cfg = prepare(cfg, institutions)
+    if engine == "inprocess":
+        grid = InProcessGrid(institutions)
+        recording = RecordingGrid(grid, received) if received is not None else grid
+        run_federation(recording, cfg, run_id=str(grid.run.run_id))
+        return cfg
     app = ServerApp()
 
     @app.main()

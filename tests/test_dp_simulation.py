@@ -1,26 +1,27 @@
-"""DP-SGD in a real Flower simulation: ledgers per institution, declines, carry-over."""
+"""DP-SGD in a federation: ledgers per institution, declines, carry-over.
+
+`aidmp simulate`, `aidmp ledger` and `aidmp audit-privacy` run in this process, the
+federation on the in-process engine: each institution's real ClientApp, ledger and audit
+log, without Ray (tests/inprocess_cli.py).
+"""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from aidmp.client.data import dataset_id, simulated_institution
 from aidmp.privacy.ledger import LEDGER_NAME, Charge, PrivacyLedger
-
-pytestmark = pytest.mark.slow
+from tests.inprocess_cli import aidmp
 
 TASK, PARTITION, SEED, N = "breast-cancer", "iid", 2, 3
 
 
 def _simulate(out, *extra, check=True):
-    cmd = [
-        sys.executable, "-m", "aidmp.cli", "simulate", "--task", TASK, "--institutions", str(N),
-        "--partition", PARTITION, "--seed", str(SEED), "--rounds", "2", "--lr", "0.1",
-        "--dp-epsilon", "3", "--out", str(out), *extra,
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = aidmp(
+        "simulate", "--task", TASK, "--institutions", str(N), "--partition", PARTITION,
+        "--seed", str(SEED), "--rounds", "2", "--lr", "0.1", "--dp-epsilon", "3",
+        "--out", str(out), *extra,
+    )  # fmt: skip
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result, json.loads((out / "summary.json").read_text())
@@ -72,12 +73,9 @@ def test_each_institution_reports_its_spend(run_with_one_spent_institution):
 def test_ledger_cli_shows_and_verifies(run_with_one_spent_institution):
     out, _, _ = run_with_one_spent_institution
     folder = out / "institutions" / "institution-1"
-    aidmp = [sys.executable, "-m", "aidmp.cli", "ledger"]
-    show = subprocess.run([*aidmp, "show", str(folder)], capture_output=True, text=True)
+    show = aidmp("ledger", "show", str(folder))
     assert show.returncode == 0 and "spent eps" in show.stdout
-    verify = subprocess.run(
-        [*aidmp, "verify", str(folder / LEDGER_NAME)], capture_output=True, text=True
-    )
+    verify = aidmp("ledger", "verify", str(folder / LEDGER_NAME))
     assert verify.returncode == 0 and verify.stdout.startswith("ok: 2 entries")
 
 
@@ -103,8 +101,7 @@ def test_damaged_ledger_stops_that_institution_only(tmp_path):
 def test_audit_privacy_attacks_the_final_model(run_with_one_spent_institution):
     out, _, _ = run_with_one_spent_institution
     summary = json.loads((out / "summary.json").read_text())  # the latest run in `out`
-    cmd = [sys.executable, "-m", "aidmp.cli", "audit-privacy", "--run", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = aidmp("audit-privacy", "--run", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "privacy_audit.json").read_text())
     assert report["attacks"] == ["loss", "calibrated"]
@@ -117,8 +114,7 @@ def test_audit_privacy_attacks_the_final_model(run_with_one_spent_institution):
 
 
 def test_audit_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
-    cmd = [sys.executable, "-m", "aidmp.cli", "audit-privacy", "--run", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = aidmp("audit-privacy", "--run", str(tmp_path))
     assert result.returncode == 2 and "holds no summary.json" in result.stderr
 
 

@@ -1,4 +1,9 @@
-"""`flwr run .` works as Flower users expect: this folder is a Flower App."""
+"""`flwr run .` works as Flower users expect: this folder is a Flower App.
+
+One run, encrypted: the run config from pyproject.toml and `--run-config`, our ServerApp
+and ClientApp on Flower's own simulation engine, and the HE key paths. Plaintext
+federations run in tests/test_simulation.py (Ray) and on the in-process engine.
+"""
 
 import json
 import os
@@ -30,13 +35,10 @@ def _kill_processes_with_env(key: str, value: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="cleanup reads /proc")
-@pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "he"])
-def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path, encrypted):
+def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path):
     flwr_home, out = tmp_path / "flwr-home", tmp_path / "out"
-    extra = ""
-    if encrypted:
-        key_ceremony(tmp_path / "keys")
-        extra = f" he=true he-keys='{tmp_path / 'keys'}' central-eval=false"
+    key_ceremony(tmp_path / "keys")
+    extra = f" he=true he-keys='{tmp_path / 'keys'}' central-eval=false"
     venv_bin = Path(sys.executable).parent  # `flwr run` finds flower-superlink on PATH
     env = {
         **os.environ,
@@ -61,5 +63,5 @@ def test_flwr_run_drives_our_serverapp_and_clientapp(tmp_path, encrypted):
     assert report["task"] == "breast-cancer" and report["rounds_completed"] == 1
     (first,) = report["per_round"]
     assert first["train_replies"] == 2 and first["aggregated"]
-    assert report["he"]["enabled"] is encrypted
+    assert report["he"]["enabled"] is True
     assert (ROOT / "pyproject.toml").read_text() == pyproject_before

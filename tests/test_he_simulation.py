@@ -1,4 +1,6 @@
-"""An encrypted federation on Flower's real simulation engine, against a plaintext twin.
+"""An encrypted federation, against a plaintext twin, on the in-process engine: our real
+ClientApp at each institution (simulations/inprocess.py). `flwr run` with he=true
+(tests/test_flwr_run.py) runs HE on Flower's own engine.
 
 The coordinator's grid is wrapped to record every reply it receives; the test then
 checks that nothing but ciphertext, metrics and the privacy spend reached it, and
@@ -19,7 +21,6 @@ from aidmp.server.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from aidmp.server.report import REPORT_NAME
 from tests.recording import run_recorded
 
-pytestmark = pytest.mark.slow
 INSTITUTIONS = 3
 # The only metrics and node fields a node may report (DESIGN.md, "what may cross the wire").
 ALLOWED_METRICS = {"num-examples", "train-loss", "client-weight", "eval-loss", "eval-accuracy"}
@@ -28,7 +29,7 @@ ALLOWED_NODE_FIELDS = {"institution", "epsilon-spent", "epsilon-round", "delta",
 
 
 def _run(cfg: RunConfig, received: list[Message] | None = None) -> None:
-    run_recorded(cfg, INSTITUTIONS, received)
+    run_recorded(cfg, INSTITUTIONS, received, engine="inprocess")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,9 @@
-"""A real Flower simulation (Ray engine) through the `aidmp simulate` command itself."""
+"""A real Flower simulation (Ray engine) through the `aidmp simulate` command itself.
+
+The Ray run is one `aidmp simulate` process; the resumes after it run in this process on
+the in-process engine (tests/inprocess_cli.py), so they also show that a checkpoint from
+one engine resumes on the other.
+"""
 
 import json
 import subprocess
@@ -8,6 +13,7 @@ import numpy as np
 import pytest
 
 from aidmp.server.checkpoint import load_checkpoint
+from tests.inprocess_cli import aidmp
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +23,14 @@ SUMMARY_KEYS = {
 }  # fmt: skip
 
 
-def _simulate(out, *extra):
+def _simulate(out, *extra, engine="ray"):
+    if engine == "inprocess":
+        result = aidmp(
+            "simulate", "--task", "breast-cancer", "--institutions", "3", "--partition", "iid",
+            "--seed", "1", "--lr", "0.1", "--no-dp", "--out", str(out), *extra,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result, json.loads((out / "summary.json").read_text())
     cmd = [
         sys.executable, "-m", "aidmp.cli", "simulate", "--task", "breast-cancer",
         "--institutions", "3", "--partition", "iid", "--seed", "1", "--lr", "0.1", "--no-dp",
@@ -74,7 +87,7 @@ def test_checkpoint_holds_the_final_model(two_rounds):
 def test_resume_continues_from_the_checkpoint(two_rounds):
     out, _, before = two_rounds
     model_before = load_checkpoint(out / "checkpoint.npz").model
-    result, after = _simulate(out, "--rounds", "3", "--resume")
+    result, after = _simulate(out, "--rounds", "3", "--resume", engine="inprocess")
     assert after["resumed_from_round"] == 2
     assert [r["round"] for r in after["per_round"]] == [1, 2, 3]
     assert after["per_round"][:2] == before["per_round"]  # history kept, not rerun
@@ -85,10 +98,9 @@ def test_resume_continues_from_the_checkpoint(two_rounds):
 
 def test_resume_with_another_task_is_refused(two_rounds, tmp_path):
     out, _, _ = two_rounds
-    cmd = [
-        sys.executable, "-m", "aidmp.cli", "simulate", "--task", "adult", "--partition", "iid",
-        "--seed", "1", "--institutions", "3", "--rounds", "4", "--resume", "--out", str(out),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = aidmp(
+        "simulate", "--task", "adult", "--partition", "iid", "--seed", "1",
+        "--institutions", "3", "--rounds", "4", "--resume", "--out", str(out),
+    )  # fmt: skip
     assert result.returncode == 2
     assert "cannot resume" in result.stderr and "task='breast-cancer'" in result.stderr
