@@ -1,15 +1,27 @@
-"""Our strategies' aggregation maths, checked against plain numpy."""
+"""Our strategy code: the factory's choices and checks, the state a checkpoint keeps, and
+the round loop's handling of replies (declines, inconsistent replies, too few updates,
+nodes still connecting). Flower's own aggregation arithmetic (FedAvg's weighted mean,
+FedAvgM's momentum, the median, the trimmed mean) is Flower's code, tested by Flower."""
+
+import time
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg
 
 from aidmp.config import RunConfig
-from aidmp.strategies import build_strategy, restore_strategy_state, strategy_state
+from aidmp.errors import AidmpError
+from aidmp.simulations.inprocess import InProcessGrid
+from aidmp.strategies import STRATEGY_NAMES, build_strategy, restore_strategy_state, strategy_state
 
 RNG = np.random.default_rng(7)
 SHAPES = {"w": (3, 4), "b": (4,)}
+KINDS = {
+    "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM,
+    "trimmed-mean": FedTrimmedAvg, "median": FedMedian,
+}  # fmt: skip
 
 
 def _updates(n):
@@ -36,72 +48,34 @@ def _as_dict(arrays):
     return {k: v.numpy() for k, v in arrays.items()}
 
 
-def test_factory_builds_each_strategy_with_the_configured_minimums():
-    kinds = {
-        "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM,
-        "trimmed-mean": FedTrimmedAvg, "median": FedMedian,
-    }  # fmt: skip
-    for name, cls in kinds.items():
-        s = build_strategy(RunConfig(strategy=name, min_nodes=3, min_available_nodes=10))
-        assert type(s) is cls
-        assert (s.min_train_nodes, s.min_available_nodes) == (3, 10)
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_name_builds_with_our_sampling_settings(name):
+    cfg = RunConfig(strategy=name, min_nodes=3, min_available_nodes=10, fraction_train=0.5,
+                    fraction_evaluate=0.25)  # fmt: skip
+    s = build_strategy(cfg)
+    assert type(s) is KINDS[name]
+    assert (s.min_train_nodes, s.min_evaluate_nodes, s.min_available_nodes) == (3, 3, 10)
+    assert (s.fraction_train, s.fraction_evaluate) == (0.5, 0.25)
+    assert s.weighted_by_key == "num-examples"
+
+
+def test_each_strategy_gets_its_own_setting_from_the_run_config():
     assert build_strategy(RunConfig(strategy="fedprox", proximal_mu=0.3)).proximal_mu == 0.3
+    m = build_strategy(RunConfig(strategy="fedavgm", server_learning_rate=0.7, server_momentum=0.5))
+    assert (m.server_learning_rate, m.server_momentum) == (0.7, 0.5)
+    assert build_strategy(RunConfig(strategy="trimmed-mean", trim_beta=0.3)).beta == 0.3
 
 
-def test_fedavg_is_the_example_weighted_mean():
-    ups, counts = _updates(4), [10, 30, 5, 55]
-    arrays, metrics = build_strategy(RunConfig()).aggregate_train(1, _replies(ups, counts))
-    for k in SHAPES:
-        expected = np.average(np.stack([u[k] for u in ups]), axis=0, weights=counts)
-        np.testing.assert_allclose(_as_dict(arrays)[k], expected, rtol=1e-6)
-    assert metrics["train-loss"] == pytest.approx(np.average([0, 1, 2, 3], weights=counts))
-
-
-def test_trimmed_mean_drops_the_extremes_per_coordinate():
-    ups = _updates(10)
-    ups[0]["w"][:] = 1e6  # a poisoned update
-    strategy = build_strategy(RunConfig(strategy="trimmed-mean", trim_beta=0.2))
-    arrays, _ = strategy.aggregate_train(1, _replies(ups, [1] * 10))
-    for k in SHAPES:
-        stacked = np.sort(np.stack([u[k] for u in ups]), axis=0)
-        expected = stacked[2:-2].mean(axis=0)  # cut 20% = 2 of 10 at each end
-        np.testing.assert_allclose(_as_dict(arrays)[k], expected, rtol=1e-6)
-    assert np.abs(_as_dict(arrays)["w"]).max() < 10
-
-
-def test_median_is_the_coordinatewise_median():
-    ups = _updates(5)
-    arrays, _ = build_strategy(RunConfig(strategy="median")).aggregate_train(
-        1, _replies(ups, [1, 2, 3, 4, 5])
-    )
-    for k in SHAPES:
-        np.testing.assert_allclose(
-            _as_dict(arrays)[k], np.median(np.stack([u[k] for u in ups]), axis=0)
-        )
+def test_min_nodes_is_capped_at_the_nodes_a_round_waits_for():
+    """A round never needs more updates than the nodes it waits for."""
+    s = build_strategy(RunConfig(min_nodes=5, min_available_nodes=3))
+    assert (s.min_train_nodes, s.min_evaluate_nodes, s.min_available_nodes) == (3, 3, 3)
 
 
 def _fedavgm_round(strategy, current, ups, counts, rnd):
     strategy.current_arrays = ArrayRecord({k: Array(v.copy()) for k, v in current.items()})
     arrays, _ = strategy.aggregate_train(rnd, _replies(ups, counts))
     return _as_dict(arrays)
-
-
-def test_fedavgm_applies_server_momentum():
-    lr, beta = 0.7, 0.9
-    cfg = RunConfig(strategy="fedavgm", server_learning_rate=lr, server_momentum=beta)
-    strategy = build_strategy(cfg)
-    w0 = {k: np.zeros(s) for k, s in SHAPES.items()}
-    ups1, ups2, counts = _updates(3), _updates(3), [1, 2, 3]
-    w1 = _fedavgm_round(strategy, w0, ups1, counts, 1)
-    w2 = _fedavgm_round(strategy, w1, ups2, counts, 2)
-    for k in SHAPES:
-        avg1 = np.average(np.stack([u[k] for u in ups1]), axis=0, weights=counts)
-        avg2 = np.average(np.stack([u[k] for u in ups2]), axis=0, weights=counts)
-        m1 = w0[k] - avg1  # pseudo-gradient
-        e1 = w0[k] - lr * m1
-        m2 = beta * m1 + (e1 - avg2)
-        np.testing.assert_allclose(w1[k], e1, rtol=1e-6, atol=1e-12)
-        np.testing.assert_allclose(w2[k], e1 - lr * m2, rtol=1e-6, atol=1e-12)
 
 
 def test_fedavgm_momentum_survives_a_checkpoint():
@@ -122,19 +96,7 @@ def test_fedavgm_momentum_survives_a_checkpoint():
     assert strategy_state(build_strategy(RunConfig())) == {}
 
 
-def test_error_replies_are_skipped_not_fatal():
-    ups = _updates(2)
-    replies = _replies(ups, [1, 3])
-    request = Message(RecordDict(), dst_node_id=9, message_type="train")
-    failed = Message(Error(code=100, reason="declined"), reply_to=request)
-    arrays, _ = build_strategy(RunConfig()).aggregate_train(1, [*replies, failed])
-    np.testing.assert_allclose(
-        _as_dict(arrays)["b"], np.average(np.stack([u["b"] for u in ups]), axis=0, weights=[1, 3])
-    )
-
-
 def test_client_level_dp_wraps_fedavg_with_equal_weights_and_refuses_the_rest():
-    from aidmp.errors import AidmpError
     from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY, ClientLevelDP
 
     cfg = RunConfig(client_dp=True, min_available_nodes=5, fraction_train=0.6, min_nodes=2)
@@ -227,3 +189,117 @@ def test_a_round_with_fewer_usable_updates_than_min_nodes_is_skipped():
     assert [f["code"] for f in rec.train_failures] == [106]  # the silent one, named
     assert np.array_equal(final["w"].numpy(), np.zeros(2, np.float32))
     assert grid.ttls and set(grid.ttls) == {1.0}  # instructions expire with the round
+
+
+# --- the round loop (server/rounds.py) on the in-process grid, with scripted nodes ---------
+
+
+def _scripted(train_by_partition):
+    """A ClientApp whose node i answers train with `train_by_partition[i](msg)`."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        return train_by_partition[int(context.node_config["partition-id"])](msg)
+
+    @app.evaluate()
+    def evaluate(msg, context):
+        metrics = {"num-examples": 1, "eval-loss": 0.5, "eval-accuracy": 0.75}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+def _update(w, n, name):
+    def reply(msg):
+        return Message(
+            RecordDict({
+                "arrays": ArrayRecord({"w": Array(np.asarray(w, np.float32))}),
+                "metrics": MetricRecord({"num-examples": n, "train-loss": 0.1}),
+                "node": ConfigRecord({"institution": name, "epsilon-spent": 1.5,
+                                      "epsilon-round": 0.5, "delta": 1e-5}),
+                "governance": ConfigRecord({"decision": "admit", "rows-used": n}),
+            }),
+            reply_to=msg,
+        )  # fmt: skip
+
+    return reply
+
+
+def _run_one_round(grid, cfg, start):
+    from aidmp.server.rounds import run_rounds
+
+    ended = []
+    final = run_rounds(
+        grid, build_strategy(cfg), start, first_round=1, last_round=1,
+        round_config=lambda rnd: ConfigRecord({}), timeout=30.0, seed=0, central_eval=None,
+        on_round_end=lambda rec, arrays: ended.append(rec),
+    )  # fmt: skip
+    (rec,) = ended
+    return rec, final
+
+
+def test_a_declined_reply_is_named_and_left_out_and_the_rest_aggregate():
+    declined = "[institution-2] privacy budget exhausted: eps 3.00 of 3"
+
+    def decline(msg):
+        return Message(Error(code=102, reason=declined), reply_to=msg)
+
+    updates = [([1.0, 2.0], 10), ([3.0, 6.0], 30)]
+    grid = InProcessGrid(3, client_app=_scripted(
+        [_update(*updates[0], "institution-0"), _update(*updates[1], "institution-1"), decline]
+    ))  # fmt: skip
+    cfg = RunConfig(min_nodes=2, min_available_nodes=3)
+    rec, final = _run_one_round(grid, cfg, ArrayRecord({"w": Array(np.zeros(2, np.float32))}))
+
+    assert rec.aggregated and rec.train_replies == 2 and rec.eval_replies == 3
+    assert rec.train_failures == [{
+        "node": grid.context(2).node_id, "institution": "institution-2", "code": 102,
+        "reason": "privacy budget exhausted: eps 3.00 of 3",
+    }]  # fmt: skip
+    assert set(rec.privacy) == set(rec.governance) == {"institution-0", "institution-1"}
+    assert rec.privacy["institution-1"]["epsilon-spent"] == 1.5
+    assert rec.governance["institution-0"] == {"decision": "admit", "rows-used": 10}
+    assert rec.federated_accuracy == 0.75
+    # What Flower's FedAvg makes of the two updates alone: the decline added nothing.
+    alone, _ = build_strategy(cfg).aggregate_train(
+        1, _replies([{"w": np.asarray(w, np.float64)} for w, _ in updates], [10, 30])
+    )
+    np.testing.assert_allclose(final["w"].numpy(), alone["w"].numpy(), rtol=1e-6)
+
+
+def test_inconsistent_replies_skip_the_round_instead_of_ending_the_run():
+    def other_model(msg):
+        reply = _update([1.0, 1.0], 5, "institution-1")(msg)
+        reply.content["arrays"] = ArrayRecord({"v": Array(np.ones(2, np.float32))})
+        return reply
+
+    grid = InProcessGrid(2, client_app=_scripted([_update([1.0, 1.0], 5, "institution-0"),
+                                                  other_model]))  # fmt: skip
+    start = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    rec, final = _run_one_round(grid, RunConfig(min_nodes=2, min_available_nodes=2), start)
+    assert rec.train_replies == 2 and not rec.aggregated
+    assert np.array_equal(final["w"].numpy(), np.zeros(2, np.float32))
+
+
+class _Connecting:
+    """A grid whose nodes connect one at a time, one per look."""
+
+    def __init__(self, total):
+        self.looks, self.total = 0, total
+
+    def get_node_ids(self):
+        self.looks += 1
+        return list(range(1, min(self.looks, self.total) + 1))
+
+
+def test_a_round_waits_for_min_available_nodes_even_behind_the_client_dp_wrapper():
+    from aidmp.server.rounds import wait_for_nodes
+
+    for cfg in (RunConfig(min_available_nodes=3), RunConfig(min_available_nodes=3, client_dp=True)):
+        grid = _Connecting(total=5)
+        wait_for_nodes(grid, build_strategy(cfg), timeout=30)
+        assert grid.looks == 3  # sampled only once three were there
+    started, grid = time.monotonic(), _Connecting(total=1)
+    wait_for_nodes(grid, build_strategy(RunConfig(min_available_nodes=3)), timeout=0.5)
+    assert time.monotonic() - started < 5  # gives up at the timeout; the round goes on
