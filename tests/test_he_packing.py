@@ -88,23 +88,79 @@ def test_a_truncated_update_is_rejected_and_leaves_the_sum_alone(contexts):
     assert got == pytest.approx(1.0, abs=5e-4 / 2)  # only node 0 (weight 2) is in it
 
 
-def test_every_flipped_bit_is_caught_on_arrival_or_at_decryption(contexts):
+def _varint(blob: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        value |= (blob[pos] & 0x7F) << shift
+        shift, pos = shift + 7, pos + 1
+        if not blob[pos - 1] & 0x80:
+            return value, pos
+
+
+def _flip_classes(blob: bytes) -> dict[str, list[int]]:
+    """Byte offsets of each part of a serialized CKKS vector (privacy/he/framing.py):
+    TenSEAL's protobuf framing, SEAL's header, zstd's frame and block headers, the
+    entropy-coded payload, the end of the zstd frame, and TenSEAL's scale field."""
+    assert blob[0] == 0x0A  # field 1, the packed sizes
+    length, pos = _varint(blob, 1)
+    assert blob[pos + length] == 0x12  # field 2, the (one) SEAL ciphertext
+    seal_size, seal = _varint(blob, pos + length + 1)
+    zstd = seal + 16
+    assert blob[seal : seal + 2] == b"\x5e\xa1" and blob[zstd : zstd + 4] == b"\x28\xb5\x2f\xfd"
+    single_segment, content_size_flag = blob[zstd + 4] & 0x20, blob[zstd + 4] >> 6
+    window = 0 if single_segment else 1
+    header = 5 + window + (1 if single_segment else 0, 2, 4, 8)[content_size_flag]
+    payload = zstd + header + 3  # after the first block's header
+    end = seal + seal_size
+    assert blob[end] == 0x19 and len(blob) == end + 9  # field 3, the scale (a double)
+    rng = np.random.default_rng(11)  # the payload is sampled, at fixed relative offsets
+    sampled = payload + (rng.random(48) * (end - 16 - payload)).astype(int)
+    return {
+        "protobuf tags, lengths, sizes": list(range(0, seal)),
+        "SEAL header": list(range(seal, zstd)),
+        "zstd frame and block headers": list(range(zstd, payload)),
+        "compressed payload": sorted(set(sampled.tolist())),
+        "end of the zstd frame": list(range(end - 16, end)),
+        "scale field": list(range(end, len(blob))),
+    }
+
+
+def test_every_flipped_bit_in_every_part_of_a_ciphertext_is_an_he_error(contexts):
+    """Every bit of the framing, the payload at 48 seeded places: each flip is refused on
+    arrival (what the coordinator parses) or at decryption (the check slot), always as an
+    HeError (code 104), never another exception or a crashed process."""
     secret, public = contexts
     w0 = np.random.default_rng(2).normal(size=500)
     blob = encrypt_initial_global(public, w0)[0]
-    caught_on_arrival = caught_at_decryption = 0
-    for pos in range(64, len(blob), 499):
-        damaged = bytearray(blob)
-        damaged[pos] ^= 0x01
-        try:
-            parse(public, bytes(damaged), "global model")  # what the coordinator does
-        except HeError:
-            caught_on_arrival += 1
-            continue
-        with pytest.raises(HeError, match="check slot"):
-            decrypt_vector(secret, [bytes(damaged)], 500, 1.0, "global model")
-        caught_at_decryption += 1
-    assert caught_on_arrival + caught_at_decryption == len(range(64, len(blob), 499))
+    classes = _flip_classes(blob)
+    outcomes = {name: {"arrival": 0, "decryption": 0, "inert": 0} for name in classes}
+    for name, positions in classes.items():
+        bits = range(8) if name != "compressed payload" else None
+        for k, pos in enumerate(positions):
+            for bit in bits if bits is not None else [k % 8]:
+                damaged = bytearray(blob)
+                damaged[pos] ^= 1 << bit
+                try:
+                    parse(public, bytes(damaged), "global model")  # what the coordinator does
+                except HeError as exc:
+                    assert exc.decline_code == 104
+                    outcomes[name]["arrival"] += 1
+                    continue
+                try:
+                    decrypt_vector(secret, [bytes(damaged)], 500, 1.0, "global model")
+                except HeError as exc:
+                    assert exc.decline_code == 104
+                    outcomes[name]["decryption"] += 1
+                    continue
+                # Only inside zstd's entropy-coded payload may a bit be one the decoder
+                # never reads (padding in its tables): then the very same ciphertext came
+                # out, and there was nothing to refuse.
+                assert name == "compressed payload", (name, pos, bit)
+                assert parse(secret, bytes(damaged), "").serialize() == blob, (pos, bit)
+                outcomes[name]["inert"] += 1
+    for name, seen in outcomes.items():
+        assert seen["arrival"] + seen["decryption"] > seen["inert"], (name, seen)
+    assert outcomes["compressed payload"]["decryption"] > 0  # the check slot's own catches
 
 
 def test_a_sum_under_other_keys_fails_the_check_slot(contexts, tmp_path):

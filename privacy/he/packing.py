@@ -50,6 +50,7 @@ import numpy as np
 import tenseal as ts
 
 from aidmp.errors import HeError
+from aidmp.privacy.he.framing import check_framing
 
 # A decrypted check slot must be this close (relative) to the announced value. CKKS
 # noise on it is below 1e-7; garbage under other keys is spread over ±2^5.
@@ -158,7 +159,11 @@ def check_range(context: ts.Context, params: np.ndarray, what: str) -> None:
 
 
 def parse(context: ts.Context, blob: bytes, where: str) -> ts.CKKSVector:
+    """A ciphertext off the wire; its framing is checked before TenSEAL, which can crash
+    the process on a damaged field tag, reads it (privacy/he/framing.py)."""
     try:
+        scale = context.global_scale  # updates are at s, the global model at s^2
+        check_framing(blob, slot_count(context), (scale, scale**2))
         return ts.ckks_vector_from(context, blob)
     except Exception as exc:  # TenSEAL raises ValueError/RuntimeError/TypeError on bad bytes
         raise HeError(f"{where}: ciphertext is truncated or tampered ({exc})") from None
@@ -226,8 +231,15 @@ def decrypt_vector(
 ) -> np.ndarray:
     """Decrypt `size` values, verifying every chunk's check slot (secret context)."""
     parts = []
+    per_chunk = slot_count(context) - 1
     for i, blob in enumerate(chunks):
         vector = parse(context, blob, f"{what}, chunk {i}")
+        expected = min(per_chunk, max(size - i * per_chunk, 0)) + 1  # encrypt_vector's layout
+        if vector.size() != expected:
+            raise HeError(
+                f"{what}, chunk {i}: holds {vector.size()} values where the model's layout has "
+                f"{expected}; it was made for another model or altered"
+            )
         try:
             plain = np.asarray(vector.decrypt())
         except (ValueError, RuntimeError) as exc:  # TenSEAL on a damaged body, e.g. its scale
