@@ -1,8 +1,8 @@
 """DP-SGD in a federation: ledgers per institution, declines, carry-over.
 
-`aidmp simulate`, `aidmp ledger` and `aidmp audit-privacy` run in this process, the
-federation on the in-process engine: each institution's real ClientApp, ledger and audit
-log, without Ray (tests/inprocess_cli.py).
+`aidmp simulate --engine inprocess`, `aidmp ledger` and `aidmp audit-privacy` run in this
+process (tests/inprocess_cli.py): each institution's real ClientApp, ledger and audit log,
+without Ray.
 """
 
 import json
@@ -20,7 +20,7 @@ def _simulate(out, *extra, check=True):
     result = aidmp(
         "simulate", "--task", TASK, "--institutions", str(N), "--partition", PARTITION,
         "--seed", str(SEED), "--rounds", "2", "--lr", "0.1", "--dp-epsilon", "3",
-        "--out", str(out), *extra,
+        "--out", str(out), "--engine", "inprocess", *extra,
     )  # fmt: skip
     if check:
         assert result.returncode == 0, result.stdout + result.stderr

@@ -1,7 +1,7 @@
 """A real Flower simulation (Ray engine) through the `aidmp simulate` command itself.
 
 The Ray run is one `aidmp simulate` process; the resumes after it run in this process on
-the in-process engine (tests/inprocess_cli.py), so they also show that a checkpoint from
+the in-process engine (`--engine inprocess`), so they also show that a checkpoint from
 one engine resumes on the other.
 """
 
@@ -27,7 +27,8 @@ def _simulate(out, *extra, engine="ray"):
     if engine == "inprocess":
         result = aidmp(
             "simulate", "--task", "breast-cancer", "--institutions", "3", "--partition", "iid",
-            "--seed", "1", "--lr", "0.1", "--no-dp", "--out", str(out), *extra,
+            "--seed", "1", "--lr", "0.1", "--no-dp", "--out", str(out), "--engine", "inprocess",
+            *extra,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
         return result, json.loads((out / "summary.json").read_text())
@@ -101,6 +102,7 @@ def test_resume_with_another_task_is_refused(two_rounds, tmp_path):
     result = aidmp(
         "simulate", "--task", "adult", "--partition", "iid", "--seed", "1",
         "--institutions", "3", "--rounds", "4", "--resume", "--out", str(out),
+        "--engine", "inprocess",
     )  # fmt: skip
     assert result.returncode == 2
     assert "cannot resume" in result.stderr and "task='breast-cancer'" in result.stderr

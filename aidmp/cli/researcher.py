@@ -106,6 +106,13 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-central-eval", action="store_true", help="skip held-out evaluation")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument(
+        "--engine",
+        choices=("ray", "inprocess"),
+        default="ray",
+        help="ray: Flower's simulation engine (default); inprocess: every institution's "
+        "ClientApp in this process, one after another, without Ray (quick, for small runs)",
+    )
     p.set_defaults(handler=_run_simulate)
 
 
@@ -188,7 +195,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     parse_partition(cfg.partition)
     from aidmp.simulations.runner import PLOT_NAME, SUMMARY_NAME, simulate  # heavy imports: late
 
-    summary = simulate(cfg, args.institutions, verbose=args.verbose)
+    summary = simulate(cfg, args.institutions, verbose=args.verbose, engine=args.engine)
     final, base = summary["final"], summary["centralized_baseline"]
     print(
         f"final accuracy {final['accuracy']:.4f} ({final['source']}), loss {final['loss']:.4f}; "
