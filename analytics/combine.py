@@ -21,9 +21,10 @@ are, not as a sample of a larger population. `ci95` is value ± 1.96 std_error.
 - quantiles: the summed noisy histogram over the fine grid is cumulated and made
   monotone (isotonic regression), and each quantile is read off by linear
   interpolation within a grid bin. `std_error` is the delta-method noise error: the
-  noise's standard deviation in the cumulative count at the quantile, over the
-  density there (estimated from the same histogram, over a window of ±`grid`/16
-  bins). Even without noise, the grid reading can be off the exact quantile by up to
+  noise's standard deviation in the cumulative count at the quantile (against q times
+  the noisy total), over the density there: the count of the grid bin it falls in,
+  per unit, from the same monotone histogram (a window of ±`grid`/16 bins where that
+  bin is flat). Even without noise, the grid reading can be off the exact quantile by up to
   one grid bin (`resolution`), half a bin or less when values spread evenly within a
   bin; `ci95` therefore widens by half a bin on each side, and stays within the
   bounds. Where the data are sparse (density near zero) the delta method fails and
@@ -224,8 +225,9 @@ def isotonic(y: np.ndarray) -> np.ndarray:
         sums.append(v)
         sizes.append(1)
         while len(sums) > 1 and sums[-2] / sizes[-2] > sums[-1] / sizes[-1]:
-            sums[-2] += sums.pop()
-            sizes[-2] += sizes.pop()
+            last_sum, last_size = sums.pop(), sizes.pop()
+            sums[-1] += last_sum
+            sizes[-1] += last_size
     return np.repeat([s / n for s, n in zip(sums, sizes, strict=True)], sizes)
 
 
@@ -256,10 +258,16 @@ def _quantiles(stat: StatisticPlan, rows: list[_Parts]) -> dict[str, Any]:
         x = float(edges[j - 1] + f * width)
         b = j - 1  # the grid bin holding x, and x's fraction f of the way through it
         var_d = (1 - q) ** 2 * var[:b].sum() + (f - q) ** 2 * var[b] + q**2 * var[b + 1 :].sum()
-        left, right = max(lo, x - reach), min(hi, x + reach)
-        density = (np.interp(right, edges, cumulative) - np.interp(left, edges, cumulative)) / (
-            right - left
-        )
+        # dx/dD is 1 / the density where x is read off: within bin b, the estimate is a
+        # straight line through it, so the bin's own (monotone) count sets the slope.
+        # A flat bin (no rows, or pooled flat by the isotonic fit) borrows the density
+        # over a window of ±grid/16 bins instead.
+        density = (c1 - c0) / width
+        if density <= 0:
+            left, right = max(lo, x - reach), min(hi, x + reach)
+            density = (np.interp(right, edges, cumulative) - np.interp(left, edges, cumulative)) / (
+                right - left
+            )
         se = math.sqrt(var_d) / density if density > 0 else (hi - lo) / 2
         values.append(x)
         errors.append(se)

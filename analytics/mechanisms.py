@@ -32,7 +32,8 @@ sub-additive, and the query's total is what the ledger charges.
 The noise multipliers are then checked with dp_accounting's PLD accountant, as the
 node's ledger composes them (pessimistic rounding on a grid of `PLD_DISCRETIZATION`),
 and shrunk until that figure is at most the query's ε: `events_epsilon(query_events
-(plan), δ) ≤ ε`.
+(plan), δ) ≤ ε`. They aim 0.2 % below ε (`CALIBRATION_SLACK`), so that the ledger's
+own PLD figure, which rounds up by less than that, stays within ε too.
 
 Noise: `draw` takes a `NormalSource`, anything with `standard_normal(n)`: a
 `numpy.random.Generator` (simulations, tests), or `aidmp.privacy.noise.SecureRandom`
@@ -68,6 +69,11 @@ from aidmp.governance.policy import Policy
 # The ledger's PLD grid (privacy/ledger.py, PLD_DISCRETIZATION): calibrating against the
 # same pessimistic rounding keeps the ledger's figure for a query within its ε.
 PLD_DISCRETIZATION = 1e-3
+
+# The events are calibrated to this fraction below the query's ε (exactly, then checked
+# with the PLD), so that an accountant that rounds up by less than it still finds the
+# query within its ε: the node's ledger refines its PLD grid until ε settles to 0.1 %.
+CALIBRATION_SLACK = 2e-3
 
 # Within a statistic, the components share its part of μ² evenly. The best split
 # depends on the data (a mean's count matters in proportion to its unknown centred
@@ -169,21 +175,35 @@ class GaussianEvent(NamedTuple):
 
 @functools.lru_cache(maxsize=256)
 def _pld_epsilon(multipliers: tuple[float, ...], delta: float, discretization: float) -> float:
+    """The larger of two PLD figures for Gaussians of these noise multipliers composed:
+    dp_accounting's `PLDAccountant`, composing one `GaussianDpEvent` per release, and
+    the node's ledger's way (privacy/ledger.py: one PLD per distinct multiplier,
+    self-composed as often as it occurs, the results composed), whose pessimistic
+    rounding accumulates a little differently."""
     import dp_accounting
     from dp_accounting.pld import PLDAccountant
+    from dp_accounting.pld import privacy_loss_distribution as pld
 
     accountant = PLDAccountant(value_discretization_interval=discretization)
     accountant.compose(
         dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z) for z in multipliers])
     )
-    return float(accountant.get_epsilon(delta))
+    composed = None
+    for z in sorted(set(multipliers)):
+        one = pld.from_gaussian_mechanism(
+            standard_deviation=z, sampling_prob=1.0, value_discretization_interval=discretization
+        ).self_compose(multipliers.count(z))
+        composed = one if composed is None else composed.compose(one)
+    assert composed is not None
+    return max(float(accountant.get_epsilon(delta)), float(composed.get_epsilon_for_delta(delta)))
 
 
 def events_epsilon(
     events: list[GaussianEvent], delta: float, discretization: float = PLD_DISCRETIZATION
 ) -> float:
-    """ε at `delta` of `events` composed, by dp_accounting's `PLDAccountant` (add or
-    remove one row; pessimistic rounding on a grid of `discretization`)."""
+    """ε at `delta` of `events` composed, by privacy loss distributions (add or remove
+    one row; pessimistic rounding on a grid of `discretization`): the larger of
+    dp_accounting's `PLDAccountant` and the node ledger's own composition."""
     if not events:
         return 0.0
     if any(e.noise_multiplier <= 0 for e in events):
@@ -269,6 +289,12 @@ class QueryPlan:
             for s in self.statistics
             for c in s.components
         ]
+
+    def composite_event(self) -> GaussianEvent:
+        """The same releases as one event: Gaussians compose exactly, so the query is
+        one Gaussian of noise multiplier 1/μ (sensitivity 1). A ledger may charge this
+        instead of `events()`: the same privacy, accounted with a single PLD."""
+        return GaussianEvent("query", 1 / self.mu, 1.0)
 
     def spent(self, discretization: float = PLD_DISCRETIZATION) -> float:
         """ε at δ of the whole query, composed by the PLD accountant (≤ `epsilon`)."""
@@ -368,7 +394,7 @@ def plan_query(
             )
         return plans
 
-    target = query.epsilon
+    target = query.epsilon * (1 - CALIBRATION_SLACK)
     for _ in range(20):
         mu = gaussian_mu(target, query.delta)
         plans = build(mu)
