@@ -62,7 +62,9 @@ class RunConfig(BaseModel):
     dp_noise_multiplier: float = Field(
         0.0, alias="dp-noise-multiplier", ge=0, description="0: plan it from dp-epsilon"
     )
-    dp_accountant: Literal["rdp", "prv"] = Field("rdp", alias="dp-accountant")
+    dp_accountant: Literal["pld", "rdp", "prv"] = Field(
+        "pld", alias="dp-accountant", description="pld (tightest), rdp or prv"
+    )
     # --- client-level DP (plaintext runs): nodes clip their update, the coordinator adds
     # noise to the mean (Flower's DifferentialPrivacyClientSideFixedClipping).
     client_dp: bool = Field(False, alias="client-dp")

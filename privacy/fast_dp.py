@@ -23,6 +23,7 @@ from torch import nn
 
 from aidmp.errors import PrivacyError
 from aidmp.privacy.ledger import Charge
+from aidmp.privacy.noise import random_source
 from aidmp.privacy.proximal import ProximalPull
 
 
@@ -76,12 +77,15 @@ def train_dp_linear(
     epochs: int,
     batch_size: int,
     learning_rate: float,
-    seed: int,
+    seed: int | None,
     noise_multiplier: float,
     max_grad_norm: float,
     proximal_mu: float = 0.0,
 ) -> tuple[float, Charge]:
-    """One round of DP-SGD, as `privacy.dp.train_dp` but for Linear/ReLU stacks."""
+    """One round of DP-SGD, as `privacy.dp.train_dp` but for Linear/ReLU stacks.
+
+    `seed` None: Poisson sampling and noise from the CSPRNG (privacy/noise.py).
+    """
     if not supports(model):
         raise PrivacyError(
             "dp-grad-sample-mode 'linear' needs a model of only Linear and ReLU layers; "
@@ -93,7 +97,7 @@ def train_dp_linear(
     batches = math.ceil(n / batch_size)
     sample_rate = 1.0 / batches  # as Opacus's Poisson loader: q = 1 / len(loader)
     expected_batch = max(1, int(n * sample_rate))  # as Opacus's "mean" loss reduction
-    generator = torch.Generator().manual_seed(seed)
+    random = random_source(seed)
     params = list(model.parameters())
     proximal = ProximalPull(model, learning_rate, proximal_mu)
     optimizer = torch.optim.SGD(params, lr=learning_rate, momentum=0.9)
@@ -102,17 +106,15 @@ def train_dp_linear(
     for _ in range(epochs):
         total, seen = 0.0, 0
         for _ in range(batches):
-            chosen = torch.rand(n, generator=generator) < sample_rate
+            chosen = random.uniform(n) < sample_rate
             xb, yb = xs[chosen], ys[chosen]
             if len(yb):
                 sums, batch_loss = clipped_gradient_sum(model, xb, yb, max_grad_norm)
                 total, seen = total + batch_loss, seen + len(yb)
             else:  # an empty batch still takes a noisy step, and is counted
                 sums = [torch.zeros_like(p) for p in params]
-            for p, s in zip(params, sums, strict=True):
-                noise = torch.normal(
-                    0.0, noise_multiplier * max_grad_norm, p.shape, generator=generator
-                )
+            noises = random.normal_like(params, noise_multiplier * max_grad_norm)
+            for p, s, noise in zip(params, sums, noises, strict=True):
                 p.grad = (s + noise) / expected_batch
             optimizer.step()
             proximal.apply()  # FedProx as post-processing

@@ -1,19 +1,18 @@
 """One round of private training at a node: plan σ, check the budget, train, charge.
 
 This is the order DESIGN.md fixes: the ledger is asked before any data is touched,
-and charged with exactly what Opacus's accountant recorded.
+and charged with exactly the mechanism that ran.
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import asdict, dataclass
 
 from torch import nn
 
 from aidmp.errors import PrivacyError
 from aidmp.privacy.dp import RoundShape, check_delta, plan_noise_multiplier, train_dp
-from aidmp.privacy.ledger import PrivacyLedger, ledger_lock
+from aidmp.privacy.ledger import Charge, PrivacyLedger, ledger_lock
 from aidmp.privacy.policy import DPPolicy
 from aidmp.tasks.base import LocalData
 
@@ -33,22 +32,27 @@ class PrivacySpend:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}
 
 
-def release_seed(round_seed: int, *, own_data: bool) -> int:
-    """The seed of DP-SGD's Poisson sampling and noise for one release.
+def release_seed(round_seed: int, *, own_data: bool) -> int | None:
+    """The seed of DP-SGD's Poisson sampling and noise for one release; None for none.
 
     A simulated institution's rows and seeds all belong to the researcher, so its noise
     follows the run seed and a run can be repeated exactly. A node with its own data
-    draws fresh secret randomness for every release instead, for two reasons: the run
-    seed comes from the coordinator, who could otherwise regenerate the noise and
-    subtract it; and two releases under the same noise (a round re-run after a restart,
-    from a model the coordinator may have changed) would let their difference cancel it.
+    has no seed: it samples and adds noise from a CSPRNG keyed afresh with secret
+    randomness for every release (privacy/noise.py), for two reasons: the run seed
+    comes from the coordinator, who could otherwise regenerate the noise and subtract
+    it; and two releases under the same noise (a round re-run after a restart, from a
+    model the coordinator may have changed) would let their difference cancel it.
     """
-    if not own_data:
-        return round_seed
-    return secrets.randbits(63)
+    return None if own_data else round_seed
 
 
 def open_ledger(policy: DPPolicy, dataset_id: str) -> PrivacyLedger:
+    """The dataset's ledger, accounted from now on by the policy's accountant.
+
+    The budget (ε, δ) is fixed; the accountant is not part of it. A ledger kept under
+    another accountant (RDP, the default before PLD) moves to the policy's, and the
+    ledger records the change (`PrivacyLedger.use_accountant`).
+    """
     ledger = PrivacyLedger.open(
         policy.state_dir,
         dataset=dataset_id,
@@ -56,17 +60,14 @@ def open_ledger(policy: DPPolicy, dataset_id: str) -> PrivacyLedger:
         delta=policy.delta,
         accountant=policy.accountant,
     )
-    if (ledger.budget, ledger.delta, ledger.accountant) != (
-        policy.epsilon,
-        policy.delta,
-        policy.accountant,
-    ):
+    if (ledger.budget, ledger.delta) != (policy.epsilon, policy.delta):
         raise PrivacyError(
             f"ledger {ledger.path} was opened with eps {ledger.budget:g}, delta "
-            f"{ledger.delta:g}, {ledger.accountant}; the policy now says eps "
-            f"{policy.epsilon:g}, delta {policy.delta:g}, {policy.accountant}. A dataset's "
-            "budget is fixed: restore the policy, or reset the ledger with `aidmp ledger reset`"
+            f"{ledger.delta:g}; the policy now says eps {policy.epsilon:g}, delta "
+            f"{policy.delta:g}. A dataset's budget is fixed: restore the policy, or reset "
+            "the ledger with `aidmp ledger reset`"
         )
+    ledger.use_accountant(policy.accountant)
     return ledger
 
 
@@ -76,12 +77,25 @@ def plan_sigma(
     """σ for this round: the policy's own, or planned so this run's rounds fit the budget.
 
     The plan spans this run from the first round the ledger saw of it, on top of all
-    earlier runs' spend, so it is the same in every round of a run (and cached).
+    earlier runs' spend, so it is the same in every round of a run. A node process may
+    serve one message only, so the ledger is the cache: while nothing but this run has
+    been charged since its first release, the plan is that release's σ, unless the
+    round's shape or the accountant has changed.
     """
     if policy.noise_multiplier > 0:
         return policy.noise_multiplier
+    entries = ledger.entries
+    mine = [i for i, e in enumerate(entries) if e["run_id"] == run_id]
+    if mine and all(e["run_id"] == run_id for e in entries[mine[0] :]):
+        last = entries[mine[-1]]
+        if last.get("mechanism") == Charge.mechanism and (
+            last["sample_rate"],
+            last["steps"],
+            last.get("accountant"),
+        ) == (shape.sample_rate, shape.steps, ledger.accountant):
+            return float(last["noise_multiplier"])
     earlier = tuple(
-        c for c, e in zip(ledger.charges, ledger.entries, strict=True) if e["run_id"] != run_id
+        c for c, e in zip(ledger.events, ledger.entries, strict=True) if e["run_id"] != run_id
     )
     first = min([e["round"] for e in ledger.entries if e["run_id"] == run_id] + [rnd])
     return plan_noise_multiplier(
@@ -103,11 +117,12 @@ def train_private_round(
     message_id: str = "",
     batch_size: int,
     learning_rate: float,
-    seed: int,
+    seed: int | None,
     proximal_mu: float = 0.0,
 ) -> tuple[float, PrivacySpend]:
     """Train `model` on `data` under DP-SGD and charge the ledger. Raises BudgetExhausted
-    (or another PrivacyError) before touching the data if it may not train."""
+    (or another PrivacyError) before touching the data if it may not train. `seed` is
+    `release_seed`'s: None at a node with its own data (the CSPRNG)."""
     n = len(data.y_train)
     check_delta(policy.delta, n)
     with ledger_lock(policy.state_dir):  # one release at a time: see ledger_lock
@@ -128,7 +143,6 @@ def train_private_round(
             max_grad_norm=policy.max_grad_norm,
             proximal_mu=proximal_mu,
             grad_sample_mode=policy.grad_sample_mode,
-            accountant=policy.accountant,
         )
         after = ledger.charge(
             charge, run_id=run_id, round=server_round, job_id=job_id, message_id=message_id

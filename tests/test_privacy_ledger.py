@@ -1,5 +1,7 @@
-"""The privacy ledger: Opacus's ε, atomic and checksummed, never silently reset."""
+"""The privacy ledger: ε by PLD (or Opacus's RDP, PRV), atomic and checksummed, never
+silently reset."""
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -16,6 +18,7 @@ from aidmp.privacy.ledger import (
     LEDGER_NAME,
     BudgetExhausted,
     Charge,
+    GaussianRelease,
     PrivacyLedger,
     epsilon_of,
     reset_ledger,
@@ -24,7 +27,7 @@ from aidmp.privacy.ledger import (
 HISTORY = [Charge(1.1, 0.01, 100), Charge(1.1, 0.01, 100), Charge(0.8, 0.02, 50)]
 
 
-def _open(folder, dataset="a" * 64, budget=3.0, delta=1e-5, accountant="rdp"):
+def _open(folder, dataset="a" * 64, budget=3.0, delta=1e-5, accountant="pld"):
     return PrivacyLedger.open(
         folder, dataset=dataset, budget_epsilon=budget, delta=delta, accountant=accountant
     )
@@ -58,7 +61,7 @@ def test_budget_carries_across_runs_and_processes(tmp_path):
 def test_over_budget_round_is_refused_with_the_figures(tmp_path):
     ledger = _open(tmp_path, budget=2.0)
     ledger.charge(Charge(1.0, 0.01, 200), run_id="r", round=1)
-    expected = r"privacy budget exhausted: eps 1\.34 of 2\.00 spent, this round needs \d\.\d\d$"
+    expected = r"privacy budget exhausted: eps 0\.91 of 2\.00 spent, this round needs \d\.\d\d$"
     with pytest.raises(BudgetExhausted, match=expected) as err:
         ledger.check(Charge(1.0, 0.01, 2000))
     assert err.value.decline_code == DeclineCode.BUDGET_EXHAUSTED
@@ -209,3 +212,167 @@ def test_a_round_released_again_after_a_restart_is_a_new_charged_release(tmp_pat
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert shown.count("release 2") == 1
+
+
+# --- PLD by default (issue 12 §3) --------------------------------------------
+# The demo's events: 5 institutions, σ 1.18, q 0.032, 31 steps a round for 10 rounds.
+DEMO = [Charge(1.18, 0.032, 31)] * 10
+
+
+def _dp_accounting_pld(events, delta=1e-5):
+    """An independent PLD figure: dp_accounting's own accountant at its own default grid,
+    every entry composed as its own event."""
+    import dp_accounting
+    from dp_accounting.pld import PLDAccountant
+
+    acct = PLDAccountant()
+    for e in events:
+        if isinstance(e, GaussianRelease):
+            acct.compose(dp_accounting.GaussianDpEvent(e.noise_std / e.sensitivity), e.count)
+        else:
+            sampled = dp_accounting.PoissonSampledDpEvent(
+                e.sample_rate, dp_accounting.GaussianDpEvent(e.noise_multiplier)
+            )
+            acct.compose(dp_accounting.SelfComposedDpEvent(sampled, e.steps))
+    return acct.get_epsilon(delta)
+
+
+def test_pld_is_the_default_and_tighter_than_rdp_on_the_demo_events(tmp_path):
+    ledger = _open(tmp_path / "node")
+    for i, c in enumerate(DEMO):
+        ledger.charge(c, run_id="demo", round=i + 1)
+    assert (
+        ledger.accountant == "pld" == PrivacyLedger.load(tmp_path / "node" / LEDGER_NAME).accountant
+    )
+    pld, rdp = ledger.spent(), ledger.spent("rdp")
+    assert pld == pytest.approx(2.66, abs=0.01) and rdp == pytest.approx(2.97, abs=0.01)
+    assert ledger.verify() == []
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        DEMO,
+        [*HISTORY, Charge(0.7, 0.05, 2000), Charge(4.0, 0.004, 3000)],
+        [Charge(1.1, 0.25, 40), GaussianRelease(noise_std=8.0, sensitivity=1.0, count=3)],
+    ],
+    ids=["demo", "mixed", "with-a-gaussian-release"],
+)
+def test_ledger_epsilon_equals_dp_accountings_pld_over_the_same_events(tmp_path, events):
+    ledger = _open(tmp_path, budget=1e6)
+    for i, e in enumerate(events):
+        ledger.charge(e, run_id="r", round=i + 1)
+    again = PrivacyLedger.load(tmp_path / LEDGER_NAME)  # ε from the ledger file alone
+    assert again.spent() == pytest.approx(_dp_accounting_pld(again.events), rel=0.01)
+    assert again.spent() >= _dp_accounting_pld(again.events) * (1 - 1e-3)  # never below
+
+
+def test_entries_record_the_mechanism_so_any_accountant_can_recompute(tmp_path):
+    ledger = _open(tmp_path, budget=50.0)
+    ledger.charge(Charge(1.1, 0.01, 100), run_id="r", round=1)
+    ledger.charge(GaussianRelease(noise_std=3.0, sensitivity=0.5, count=2), run_id="r", round=1)
+    first, second = PrivacyLedger.load(tmp_path / LEDGER_NAME).entries
+    assert {k: first[k] for k in ("mechanism", "noise_multiplier", "sample_rate", "steps")} == {
+        "mechanism": "poisson-subsampled-gaussian", "noise_multiplier": 1.1,
+        "sample_rate": 0.01, "steps": 100,
+    }  # fmt: skip
+    assert {k: second[k] for k in ("mechanism", "noise_std", "sensitivity", "count")} == {
+        "mechanism": "gaussian", "noise_std": 3.0, "sensitivity": 0.5, "count": 2,
+    }  # fmt: skip
+    assert first["accountant"] == second["accountant"] == "pld"
+    # A plain Gaussian is the subsampled one with everyone sampled: σ = std / sensitivity.
+    assert epsilon_of([second_event := ledger.events[1]], 1e-5, "rdp") == pytest.approx(
+        epsilon_of([Charge(6.0, 1.0, 2)], 1e-5, "rdp")
+    )
+    assert second_event == GaussianRelease(3.0, 0.5, 2)
+    doc = json.loads((tmp_path / LEDGER_NAME).read_text())
+    doc["body"]["entries"][1]["mechanism"] = "laplace"
+    doc["sha256"] = hashlib.sha256(json.dumps(doc["body"], sort_keys=True).encode()).hexdigest()
+    (tmp_path / LEDGER_NAME).write_text(json.dumps(doc))
+    with pytest.raises(PrivacyError, match="unknown mechanism 'laplace'"):
+        PrivacyLedger.load(tmp_path / LEDGER_NAME).spent()
+
+
+def _format_1_ledger(folder, entries, accountant="rdp"):
+    """A ledger exactly as format 1 wrote it: entries of (σ, q, steps), no mechanism."""
+    body = {"format": 1, "dataset": "a" * 64, "accountant": accountant, "delta": 1e-5,
+            "budget_epsilon": 3.0, "created": "2025-01-01T00:00:00", "entries": []}  # fmt: skip
+    for i, c in enumerate(entries):
+        body["entries"].append(
+            {
+                "run_id": "old",
+                "job_id": "old",
+                "round": i + 1,
+                "release": 1,
+                "message_id": "",
+                "noise_multiplier": c.noise_multiplier,
+                "sample_rate": c.sample_rate,
+                "steps": c.steps,
+                "epsilon_after": epsilon_of(entries[: i + 1], 1e-5, accountant),
+                "time": "2025-01-01T00:00:00+00:00",
+            }  # fmt: skip
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    (folder / LEDGER_NAME).write_text(json.dumps({"body": body, "sha256": digest}))
+    (folder / "trained.json").write_text(json.dumps({"datasets": ["a" * 64]}))
+    return folder / LEDGER_NAME
+
+
+def test_a_format_1_ledger_loads_verifies_and_is_written_as_format_2(tmp_path):
+    path = _format_1_ledger(tmp_path, HISTORY)
+    old = PrivacyLedger.load(path)
+    assert old.events == HISTORY and old.accountant == "rdp"
+    assert old.spent() == pytest.approx(old.entries[-1]["epsilon_after"], rel=1e-9)
+    assert old.verify() == []
+    for verb in ("show", "verify"):  # the institution's tools read it as it is
+        subprocess.run([sys.executable, "-m", "aidmp.cli", "ledger", verb, str(path)],
+                       check=True, capture_output=True)  # fmt: skip
+    old.charge(Charge(1.1, 0.01, 100), run_id="new", round=1)
+    doc = json.loads(path.read_text())["body"]
+    assert doc["format"] == 2 and doc["migrated_from"] == 1
+    assert [e["mechanism"] for e in doc["entries"]] == ["poisson-subsampled-gaussian"] * 4
+    assert PrivacyLedger.load(path).verify() == []
+
+
+def test_a_node_moves_an_rdp_ledger_to_pld_and_the_ledger_records_it(tmp_path):
+    from aidmp.privacy.node_round import open_ledger
+    from aidmp.privacy.policy import DPPolicy
+
+    path = _format_1_ledger(tmp_path, HISTORY)
+    rdp = PrivacyLedger.load(path).spent()
+    policy = DPPolicy.model_validate({"dp-epsilon": 3.0, "state_dir": tmp_path})
+    assert policy.accountant == "pld"
+    ledger = open_ledger(policy, "a" * 64)
+    assert ledger.accountant == "pld" and ledger.spent() < rdp
+    (change,) = PrivacyLedger.load(path).accountant_changes
+    assert (change["from"], change["to"], change["entries"]) == ("rdp", "pld", 3)
+    assert change["spent_before"] == pytest.approx(rdp)
+    ledger.charge(Charge(1.1, 0.01, 100), run_id="new", round=1)
+    again = PrivacyLedger.load(path)
+    assert [e["accountant"] for e in again.entries] == ["rdp"] * 3 + ["pld"]
+    assert again.verify() == []  # each entry recomputed by the accountant that wrote it
+    back = DPPolicy.model_validate(
+        {"dp-epsilon": 3.0, "dp-accountant": "rdp", "state_dir": tmp_path}
+    )
+    assert open_ledger(back, "a" * 64).spent() == pytest.approx(
+        epsilon_of(again.events, 1e-5, "rdp")
+    )
+    with pytest.raises(PrivacyError, match="budget is fixed"):
+        open_ledger(DPPolicy.model_validate({"dp-epsilon": 4.0, "state_dir": tmp_path}), "a" * 64)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_planning_reaches_the_budget_under_each_accountant(accountant):
+    shape = RoundShape(sample_rate=0.032, steps=31)  # the demo's
+    earlier = (Charge(1.3, 0.032, 155),)
+    for history in [(), earlier]:
+        start = time.perf_counter()
+        sigma = plan_noise_multiplier(history, 3.0, 1e-5, shape, 10, accountant)
+        took = time.perf_counter() - start
+        ten_rounds = [*history, *[shape.charge(sigma)] * 10]  # the ledger after the run
+        total = epsilon_of(ten_rounds, 1e-5, accountant)
+        assert 3.0 * (1 - 5e-3) < total <= 3.0  # σ within PLAN_TOLERANCE of the smallest
+        assert took < 10  # about 0.5 s here; a node plans in its first round of a run
+    pld = plan_noise_multiplier((), 3.0, 1e-5, shape, 10, "pld")
+    assert pld < plan_noise_multiplier((), 3.0, 1e-5, shape, 10, "rdp")  # tighter: less noise
