@@ -31,7 +31,7 @@ def test_round_trip():
     parsed = RoundConfig.from_record(record)
     assert parsed.task == "breast-cancer" and parsed.seed == 7 and parsed.server_round == 3
     assert parsed.num_rounds == 4 and parsed.job_id == "job-1" and parsed.learning_rate == 0.1
-    assert parsed.dp is True and parsed.dp_epsilon == 2.0 and parsed.dp_accountant == "rdp"
+    assert parsed.dp is True and parsed.dp_epsilon == 2.0 and parsed.dp_accountant == "pld"
     assert dict(parsed.to_config_record()) == dict(record)
 
 
@@ -62,7 +62,7 @@ def test_dp_keys_not_sent_are_not_a_policy():
     assert parsed.dp is None and parsed.dp_policy() == {}
     assert RoundConfig.from_record(round_config_for(CFG, 1)).dp_policy() == {
         "dp": True, "dp-epsilon": 2.0, "dp-delta": 1e-5, "dp-max-grad-norm": 1.0,
-        "dp-noise-multiplier": 0.0, "dp-accountant": "rdp",
+        "dp-noise-multiplier": 0.0, "dp-accountant": "pld",
     }  # fmt: skip
 
 
