@@ -87,26 +87,26 @@ class SecureRandom:
         """k / 2⁵³ for a uniform 53-bit k: every double of that grid in [0, 1) equally likely."""
         return torch.from_numpy(self._bits53(n) / _HALF_RANGE)
 
-    def standard_normal(self, n: int) -> torch.Tensor:
-        """`n` N(0, 1) draws in float64.
-
-        u = (2k + 1 − 2⁵³) / 2⁵³ is uniform on the odd multiples of 2⁻⁵³ in (−1, 1),
-        every step exact in float64 and symmetric about 0, so erfinv never sees ±1
-        (|z| ≤ 8.3).
-        """
+    def _erfinv_of_symmetric_uniform(self, n: int) -> torch.Tensor:
+        # u = k / 2⁵² + (2⁻⁵³ − 1) = (2k + 1 − 2⁵³) / 2⁵³ is uniform on the odd multiples
+        # of 2⁻⁵³ in (−1, 1): each step exact in float64 (the results are all doubles),
+        # symmetric about 0, and never ±1, so every z = √2 erfinv(u) is finite (|z| ≤ 8.3).
         u = self._bits53(n)
-        u *= 2.0
-        u += 1.0 - _HALF_RANGE
-        u /= _HALF_RANGE
-        return torch.erfinv(torch.from_numpy(u)).mul_(math.sqrt(2.0))
+        u *= 2.0**-52
+        u += 2.0**-53 - 1.0
+        return torch.from_numpy(u).erfinv_()
+
+    def standard_normal(self, n: int) -> torch.Tensor:
+        """`n` N(0, 1) draws in float64, by the inverse normal CDF."""
+        return self._erfinv_of_symmetric_uniform(n).mul_(math.sqrt(2.0))
 
     def normal_like(self, tensors: Sequence[torch.Tensor], std: float) -> list[torch.Tensor]:
         sizes = [t.numel() for t in tensors]
-        flat = self.standard_normal(sum(sizes)).mul_(std)  # one keystream call per step
-        return [
-            part.reshape(t.shape).to(t.dtype)
-            for part, t in zip(flat.split(sizes), tensors, strict=True)
-        ]
+        # One keystream call per step, scaled in float64, rounded once to the dtype.
+        flat = self._erfinv_of_symmetric_uniform(sum(sizes)).mul_(math.sqrt(2.0) * std)
+        dtypes = {t.dtype for t in tensors}
+        parts = flat.to(dtypes.pop()).split(sizes) if len(dtypes) == 1 else flat.split(sizes)
+        return [part.reshape(t.shape).to(t.dtype) for part, t in zip(parts, tensors, strict=True)]
 
 
 def random_source(seed: int | None) -> RandomSource:
