@@ -376,3 +376,20 @@ def test_planning_reaches_the_budget_under_each_accountant(accountant):
         assert took < 10  # about 0.5 s here; a node plans in its first round of a run
     pld = plan_noise_multiplier((), 3.0, 1e-5, shape, 10, "pld")
     assert pld < plan_noise_multiplier((), 3.0, 1e-5, shape, 10, "rdp")  # tighter: less noise
+
+
+def test_ledger_show_names_other_mechanisms_and_accountant_changes(tmp_path):
+    from aidmp.privacy.node_round import open_ledger
+    from aidmp.privacy.policy import DPPolicy
+
+    _format_1_ledger(tmp_path, HISTORY)
+    ledger = open_ledger(
+        DPPolicy.model_validate({"dp-epsilon": 3.0, "state_dir": tmp_path}), "a" * 64
+    )
+    ledger.charge(GaussianRelease(noise_std=4.0, sensitivity=2.0), run_id="stats", round=1)
+    shown = subprocess.run(
+        [sys.executable, "-m", "aidmp.cli", "ledger", "show", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "gaussian, sensitivity 2" in shown and "accountant rdp -> pld" in shown
+    assert f"spent eps {ledger.spent():.4f} of 3 (pld)" in shown

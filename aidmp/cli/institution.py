@@ -30,7 +30,13 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
 def _run_ledger(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger, reset_ledger
+    from aidmp.privacy.ledger import (
+        LEDGER_NAME,
+        GaussianRelease,
+        PrivacyLedger,
+        event_of,
+        reset_ledger,
+    )
 
     path = Path(args.path)
     folder, file = (path, path / LEDGER_NAME) if path.is_dir() else (path.parent, path)
@@ -52,14 +58,24 @@ def _run_ledger(args: argparse.Namespace) -> int:
         )
         for e in ledger.entries:
             # A round of a job released again (a coordinator restarted mid-round) is
-            # charged again, and marked here.
+            # charged again, and marked here; so is a release other than DP-SGD's.
             again = f"  release {e['release']}" if e.get("release", 1) > 1 else ""
+            event = event_of(e)
+            if isinstance(event, GaussianRelease):  # as σ = std / sensitivity, q = 1
+                again += f"  {event.mechanism}, sensitivity {event.sensitivity:g}"
+                event = event.as_charge()
             print(
                 f"  {e.get('job_id', e['run_id']):>20} {e['run_id']:>20} {e['round']:>5} "
-                f"{e['noise_multiplier']:8.4f} {e['sample_rate']:8.5f} {e['steps']:6d} "
+                f"{event.noise_multiplier:8.4f} {event.sample_rate:8.5f} {event.steps:6d} "
                 f"{e['epsilon_after']:9.4f}{again}"
             )
-        print(f"  spent eps {ledger.spent():.4f} of {ledger.budget:g}")
+        for change in ledger.accountant_changes:
+            print(
+                f"  accountant {change['from']} -> {change['to']} at {change['time']} after "
+                f"{change['entries']} entries: eps {change['spent_before']:.4f} -> "
+                f"{change['spent_after']:.4f}"
+            )
+        print(f"  spent eps {ledger.spent():.4f} of {ledger.budget:g} ({ledger.accountant})")
         return 0
     problems = ledger.verify()
     for problem in problems:
