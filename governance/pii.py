@@ -10,30 +10,56 @@ milliseconds per column, not seconds. The approach:
    sorted or grouped by source. Blank strings in the sample count as missing, so a column
    that is half empty and half e-mail addresses is still an e-mail column. The same
    column always gives the same sample, so the answer is reproducible.
-2. Regex, then checksum. Every type's shape is tested with vectorised pandas `.str`
-   regular expressions on the whole sample at once (pyarrow's RE2 when the column holds
-   pyarrow strings, so the patterns use no look-around or back-references). Python-level
-   validation (Luhn, IBAN mod-97, MOD 11-2, SSN ranges, `ipaddress`) runs only on the
-   values that matched the regex, and is skipped when the candidates alone could not
-   reach the threshold.
-3. Rate and threshold. `match_rate` is the fraction of sampled non-null values that are
-   valid instances; a type is reported when `match_rate >= threshold` (0.8 by default).
+2. Distinct values. The sample is reduced to its distinct values and their counts; every
+   test runs once per distinct value and counts with its weight. Python-level checks
+   (checksums, libphonenumber, the name lexicon) look at no more than `VALIDATE_MAX`
+   distinct candidates, evenly spread, and extrapolate: the cost of a column does not
+   grow with its rows.
+3. Regex, then checksum. Every type's shape is tested with vectorised pandas `.str`
+   regular expressions on the distinct values at once (pyarrow's RE2 when the column
+   holds pyarrow strings, so the patterns use no look-around or back-references). The
+   validation (Luhn, IBAN mod-97, MOD 11-2, national ID checksums, libphonenumber, the
+   name lexicon) runs only on the values that matched, and is skipped when the
+   candidates alone could not reach the threshold.
+4. Rate and threshold. `match_rate` is the share of sampled non-null values that are
+   valid instances; a type is reported when `match_rate >= threshold` (the policy's
+   `detection.threshold`, 0.8 by default; `name_threshold` for names,
+   `free_text_threshold` for identifiers inside free text).
 
 What is looked at, by dtype:
 
 - string/object columns (and categoricals with more than `MAX_SKIPPED_CATEGORIES`
-  categories, through their categories' dtype): every value pattern below;
-- integer columns, and float columns holding whole numbers: credit_card and
-  cn_resident_id only (checked as decimal strings; an int64 can hold every ID without
-  the 'X' check character). Numbers are never phones, SSNs or e-mail addresses: ages,
-  counts and prices would be false hits;
+  categories, through their categories' dtype): every type below;
+- integer columns, and float columns holding whole numbers: credit_card,
+  cn_resident_id, national_id (the all-digit kinds, left-padded), phone (only numbers
+  valid in the site's regions, or valid international numbers without their "+") and
+  date_of_birth (YYYYMMDD). Never e-mail or SSN: ages, counts and prices would be false
+  hits;
 - datetime columns: date_of_birth only;
 - booleans, categoricals with few categories and other dtypes: no value detection.
 
-`name` and `postcode` are found by column name only: value patterns for people's names
-are unreliable (any word could be a name), and postcodes look like any short number.
-Column-name hints are matched on tokens (split on non-alphanumerics and camelCase), never
-on substrings, so "ship_date" is no IP address, "zipper" no postcode and "username" is an
+The types:
+
+- email; iban (mod 97); ip_address (IPv4 only when the column's addresses are not all
+  small numbers: "2.12.5.16" is a version string; IPv6 by `ipaddress`);
+- credit_card: 12 to 19 digits, Luhn, and an issuer's leading digit (2-6; 12 digits only
+  for Maestro, 50 and 56-69);
+- phone: governance/phones.py (libphonenumber with the site's regions);
+- us_ssn: NNN-NN-NNNN (or spaced) with valid area, group and serial; nine bare digits
+  only under an SSN-like column name, since invoice numbers look the same;
+- cn_resident_id (MOD 11-2 and the birth date); national_id: UK NINO and NHS, French
+  NIR, Italian codice fiscale, Dutch BSN, Brazilian CPF, Spanish DNI/NIE and NUSS, Indian
+  Aadhaar and PAN, German Steuer-IdNr, Japanese My Number (governance/idnumbers.py);
+- date_of_birth: ISO, day- or month-first, YYYYMMDD, "30 August 1992", "Aug 30, 1992",
+  "30 de agosto de 1992", "1992年8月30日" (see `_dob_rate` for when dates are births);
+- address: street addresses, one line or several (governance/textscan.py);
+- name: people's names, by a lexicon, decided per column (governance/names.py);
+- free_text: prose holding identifiers (governance/textscan.py); the policy's action
+  masks them (`mask`) or drops the column.
+
+`postcode` is found by column name only: postcodes look like any short number. Column-
+name hints are matched on tokens (split on non-alphanumerics and camelCase), never on
+substrings, so "ship_date" is no IP address, "zipper" no postcode and "username" is an
 identifier but not a person's name (see `detect_name`).
 """
 
@@ -49,6 +75,8 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
+from aidmp.governance import idnumbers, names, phones, textscan
+
 PII_TYPES = (
     "email",
     "phone",
@@ -57,8 +85,11 @@ PII_TYPES = (
     "ip_address",
     "us_ssn",
     "cn_resident_id",
+    "national_id",
     "date_of_birth",
+    "address",
     "name",
+    "free_text",
     "postcode",
 )
 
@@ -67,6 +98,14 @@ SAMPLE_SPREAD = 2_500  # evenly spaced non-null values examined after the head
 # A categorical with this many categories or fewer is a code list (sex, region, grade),
 # not a column of identifiers: no value detection.
 MAX_SKIPPED_CATEGORIES = 50
+# Distinct candidates given to a Python-level check per column and type (evenly spread).
+VALIDATE_MAX = 400
+PHONE_VALIDATE_MAX = 250  # libphonenumber: about 0.1 ms a value
+# A name column has at least this many distinct values (or one for every second row).
+NAME_MIN_DISTINCT = 20
+# Phones written with a country code reveal a site's regions when its policy names none.
+REGION_MIN_SHARE = 0.1
+MAX_INFERRED_REGIONS = 5
 
 # date_of_birth by values (see `_dob_rate`).
 _EARLIEST_BIRTH = pd.Timestamp("1900-01-01")
@@ -76,6 +115,9 @@ _AGE_PLAUSIBLE_SHARE = 0.8  # share of dates that must imply an age within 0..12
 # recent years. Without a birth-like name the 10th-90th percentile of implied ages must
 # span at least this many years.
 _MIN_BIRTH_SPREAD_YEARS = 10.0
+# ... and the median implied age must be at least this: events (records, visits, orders)
+# are mostly recent.
+_MIN_MEDIAN_AGE_YEARS = 15.0
 _DAYS_PER_YEAR = 365.2425
 
 
@@ -88,6 +130,8 @@ class PiiFinding:
     source: str  # "values" or "name"
     match_rate: float  # valid share of the sampled non-null values; 0.0 for name hits
     sampled: int  # values examined; 0 for name hits
+    # national_id: the kind (fr_nir...); free_text: the embedded types; phone: regions
+    detail: str = ""
 
 
 # --- checksums and validators -------------------------------------------------------------
@@ -95,6 +139,7 @@ class PiiFinding:
 
 _LUHN_PLAIN = {str(d): d for d in range(10)}
 _LUHN_DOUBLED = {str(d): 2 * d if d < 5 else 2 * d - 9 for d in range(10)}
+_MAESTRO_12 = re.compile(r"50|5[6-9]|6")
 _IBAN_COMPACT = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}")  # 15..34 characters
 _CN_ID = re.compile(r"[0-9]{17}[0-9X]")
 _CN_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -103,12 +148,16 @@ _SSN = re.compile(r"([0-9]{3})-([0-9]{2})-([0-9]{4})|([0-9]{3})([0-9]{2})([0-9]{
 
 
 def luhn_valid(number: str) -> bool:
-    """True when `number` (spaces and dashes ignored) is 13..19 digits passing Luhn."""
+    """True when `number` (spaces and dashes ignored) is a payment card number: 12..19
+    digits passing Luhn, starting with an issuer's digit (2-6: Mastercard, Amex, JCB,
+    Diners, Visa, Discover, UnionPay, Maestro); 12 digits only as Maestro (50, 56-69)."""
     if not isinstance(number, str):
         return False
     digits = number.strip().replace(" ", "").replace("-", "")
     # isascii() first: str.isdigit() alone also accepts other scripts' digits and "²".
-    if not (13 <= len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+    if not (12 <= len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+        return False
+    if digits[0] not in "23456" or (len(digits) == 12 and not _MAESTRO_12.match(digits)):
         return False
     # From the right: odd positions count as they are, even ones doubled (minus 9 past 9).
     # Plain loops over lookup tables: this runs on every candidate, about 2 µs each.
@@ -187,9 +236,16 @@ _EMAIL_RE = (
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4_RE = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 _IPV6_CANDIDATE_RE = r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"  # then `ipaddress` decides
-_CARD_CANDIDATE_RE = r"[0-9](?:[ -]?[0-9]){12,18}"  # then Luhn
+_CARD_CANDIDATE_RE = r"[2-6](?:[ -]?[0-9]){11,18}"  # then Luhn
 _IBAN_CANDIDATE_RE = r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,30}"  # then mod 97
 _SSN_CANDIDATE_RE = r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{9}"  # then area/group/serial
+# By value alone an SSN is written with its dashes (or spaces): nine bare digits are as
+# often an invoice or order number, and count only under an SSN-like column name.
+_SSN_WRITTEN_RE = r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}"
+_SSN_NAME_TOKENS = frozenset({"ssn", "socialsecurity", "social"})
+# An IPv4 column holds some octet of 32 or more in most values; "2.12.5.16" is a version.
+_IPV4_BIG_OCTET_RE = r"(?:^|\.)(?:3[2-9]|[4-9][0-9]|[1-9][0-9]{2})(?:\.|$)"
+_IPV4_BIG_SHARE = 0.5
 _CN_ID_CANDIDATE_RE = r"[0-9]{17}[0-9Xx]"  # then MOD 11-2 and the birth date
 
 # Phones. International: E.164 ("+" and 8-15 digits) or "+" country code with separated
@@ -216,11 +272,47 @@ _PHONE_NATIONAL_DIGITS = (8, 12)  # more is a card or account number, not a nati
 
 # Dates: ISO YYYY-MM-DD (optionally with a time, as pandas writes datetimes to CSV) and
 # YYYY/MM/DD; DD/MM/YYYY and MM/DD/YYYY. "-", "/" and "." are accepted as separators.
+# Then YYYYMMDD, and dates written with a month's name (see `_MONTHS`).
 _YMD_RE = (
     r"[0-9]{4}[-/.][0-9]{1,2}[-/.][0-9]{1,2}"
     r"(?:[T ][0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
 )
 _DMY_RE = r"[0-9]{1,2}[-/.][0-9]{1,2}[-/.][0-9]{4}"
+_COMPACT_RE = r"(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+_MONTHS: dict[str, int] = {}
+for _number, _words in enumerate(
+    (
+        "january jan januar jän janvier janv gennaio gen enero ene januari janeiro",
+        "february feb februar février fevrier févr fevr febbraio febrero februari fevereiro fev",
+        "march mar märz maerz mär mars marzo maart mrt março marco",
+        "april apr avril avr aprile abril",
+        "may mai maggio mag mayo mei maio",
+        "june jun juni juin giugno giu junio junho",
+        "july jul juli juillet juil luglio lug julio julho",
+        "august aug août aout agosto ago augustus",
+        "september sep sept septembre settembre set septiembre setiembre setembro",
+        "october oct oktober okt octobre ottobre ott octubre outubro out",
+        "november nov novembre noviembre novembro",
+        "december dec dezember dez décembre decembre déc dicembre dic diciembre dezembro",
+    ),
+    start=1,
+):
+    _MONTHS.update(dict.fromkeys(_words.split(), _number))
+# "30 August 1992", "30. August 1992", "30-Aug-1992", "30 de agosto de 1992", "1er mai 1990"
+_DAY_MONTH_YEAR = re.compile(
+    r"([0-9]{1,2})(?:st|nd|rd|th|er|º|°)?\.?[\s/-]*(?:de\s+)?([^\W\d_]{3,10})\.?,?[\s/-]*"
+    r"(?:de\s+)?([0-9]{4})",
+    re.IGNORECASE,
+)
+# "Aug 30, 1992", "August 30th 1992"
+_MONTH_DAY_YEAR = re.compile(
+    r"([^\W\d_]{3,10})\.?\s+([0-9]{1,2})(?:st|nd|rd|th)?,?\s+([0-9]{4})", re.IGNORECASE
+)
+_CJK_DATE = re.compile(r"([0-9]{4})\s*年\s*([0-9]{1,2})\s*月\s*([0-9]{1,2})\s*日")
+_WORDED_DATE_RE = (
+    r"[0-9]{1,2}[^0-9]*[0-9]{4}|[^\W\d_]{3,10}\.? [0-9]{1,2}[^0-9]*[0-9]{4}"
+    r"|[0-9]{4} *年 *[0-9]{1,2} *月 *[0-9]{1,2} *日"
+)
 
 
 def _full(strings: pd.Series, pattern: str) -> np.ndarray:
@@ -274,7 +366,44 @@ def _parse_dates(strings: pd.Series) -> pd.Series:
         month_first = pd.to_datetime(candidates, format="%m/%d/%Y", errors="coerce")
         found = day_first.fillna(month_first)
         parsed[dmy] = found.to_numpy(dtype="datetime64[us]")
+    compact = _full(strings, _COMPACT_RE)
+    if compact.any():
+        found = pd.to_datetime(strings[compact], format="%Y%m%d", errors="coerce")
+        parsed[compact] = found.to_numpy(dtype="datetime64[us]")
+    worded = ~(ymd | dmy | compact) & _full(strings, _WORDED_DATE_RE)
+    if worded.any():
+        positions = np.flatnonzero(worded)
+        values = strings.to_numpy(dtype=object)[positions]
+        parts = [_worded_date(str(value)) for value in values]
+        found = pd.to_datetime(
+            pd.DataFrame([p or (0, 0, 0) for p in parts], columns=["year", "month", "day"]).replace(
+                0, np.nan
+            ),
+            errors="coerce",
+        )
+        parsed[positions] = found.to_numpy(dtype="datetime64[us]")
     return pd.Series(parsed, index=strings.index)
+
+
+def _worded_date(text: str) -> tuple[int, int, int] | None:
+    """(year, month, day) of a date written with its month's name, or None."""
+    text = text.strip()
+    match = _DAY_MONTH_YEAR.fullmatch(text)
+    if match:
+        day, month_word, year = match.groups()
+    else:
+        match = _MONTH_DAY_YEAR.fullmatch(text)
+        if match:
+            month_word, day, year = match.groups()
+        else:
+            match = _CJK_DATE.fullmatch(text)
+            if match is None:
+                return None
+            return int(match.group(1)), int(match.group(2)), int(match.group(3))
+    month = _MONTHS.get(month_word.casefold())
+    if month is None:
+        return None
+    return int(year), month, int(day)
 
 
 def _name_tokens(column: str) -> list[tuple[str, ...]]:
@@ -294,6 +423,20 @@ def _name_tokens(column: str) -> list[tuple[str, ...]]:
 
 
 _BIRTH_TOKENS = frozenset({"dob", "birth", "birthdate", "birthday", "born"})
+# Names of events, which are never birth dates however old: records, visits, orders.
+_EVENT_TOKENS = frozenset(
+    str.split(
+        """
+    created creation updated modified changed deleted record recorded visit visited admission
+    admitted admit discharge discharged order ordered ship shipped shipping delivery delivered
+    transaction payment paid invoice invoiced start started end ended due issue issued expiry
+    expires expiration expired valid event registration registered signup join joined last
+    login logged timestamp time ts at on since until effective death died deceased
+    diagnosis diagnosed onset test tested sample sampled collected enrolment enrollment
+    enrolled consent consented hire hired release released publish published
+    """
+    )
+)
 
 
 def _dob_rate(dates: pd.Series, sampled: int, column: str, threshold: float) -> float | None:
@@ -301,10 +444,11 @@ def _dob_rate(dates: pd.Series, sampled: int, column: str, threshold: float) -> 
 
     Valid instances are dates between 1900-01-01 and today. The column is reported when
     that rate reaches the threshold AND either its name suggests birth (a dob, birth,
-    birthdate, birthday or born token) OR its name has a "date" token and the dates look
-    like birth dates: at least 80% imply an age of 0..120 years, and the implied ages
-    spread over at least 10 years (10th to 90th percentile). Other names ("created_at",
-    "updated") are never date_of_birth by values, however old the dates.
+    birthdate, birthday or born token) OR its name names no event (created, record,
+    visit, updated, ...: those are never birth dates) and the dates look like birth
+    dates: at least 80% imply an age of 0..120 years, the implied ages spread over at
+    least 10 years (10th to 90th percentile), and their median is at least 15 years.
+    A neutral name ("col_07") is judged by the dates alone.
     """
     if dates.dt.tz is not None:
         dates = dates.dt.tz_convert(None)
@@ -316,17 +460,31 @@ def _dob_rate(dates: pd.Series, sampled: int, column: str, threshold: float) -> 
     tokens = {token for sequence in _name_tokens(column) for token in sequence}
     if tokens & _BIRTH_TOKENS:
         return count / sampled
-    if "date" not in tokens:
+    if tokens & _EVENT_TOKENS:
         return None
     ages = (today - dates[in_range]).dt.days.to_numpy(dtype=float) / _DAYS_PER_YEAR
     plausible = float(((ages >= 0.0) & (ages <= _MAX_AGE_YEARS)).mean())
-    low, high = np.quantile(ages, [0.1, 0.9])
-    if plausible >= _AGE_PLAUSIBLE_SHARE and high - low >= _MIN_BIRTH_SPREAD_YEARS:
+    low, median, high = np.quantile(ages, [0.1, 0.5, 0.9])
+    if (
+        plausible >= _AGE_PLAUSIBLE_SHARE
+        and high - low >= _MIN_BIRTH_SPREAD_YEARS
+        and median >= _MIN_MEDIAN_AGE_YEARS
+    ):
         return count / sampled
     return None
 
 
 # --- value detection ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The policy's detection settings (governance/policy.py, `detection`)."""
+
+    threshold: float = 0.8
+    name_threshold: float = 0.6
+    free_text_threshold: float = 0.0
+    regions: tuple[str, ...] = ()
 
 
 def _sample(series: pd.Series) -> pd.Series:
@@ -346,33 +504,156 @@ def _sample(series: pd.Series) -> pd.Series:
     return series.iloc[positions].reset_index(drop=True)
 
 
-def _text_rates(strings: pd.Series, column: str, threshold: float) -> dict[str, float]:
-    """Match rates of every value-detected type in a sample of non-blank strings."""
-    sampled = len(strings)
-    needed = threshold * sampled  # fewer valid values than this cannot be reported
-    values = strings.to_numpy(dtype=object)
-    counts: dict[str, int] = {
-        "email": int(_full(strings, _EMAIL_RE).sum()),
-        "phone": int(_phone_mask(strings).sum()),
-        "credit_card": _checked_count(
-            values, _full(strings, _CARD_CANDIDATE_RE), luhn_valid, needed
-        ),
-        "iban": _checked_count(values, _full(strings, _IBAN_CANDIDATE_RE), iban_valid, needed),
-        "us_ssn": _checked_count(values, _full(strings, _SSN_CANDIDATE_RE), us_ssn_valid, needed),
-        "cn_resident_id": _checked_count(
-            values, _full(strings, _CN_ID_CANDIDATE_RE), cn_resident_id_valid, needed
-        ),
+class _Distinct:
+    """The distinct values of a sample, their counts, and weighted shares."""
+
+    def __init__(self, strings: pd.Series) -> None:
+        counts = strings.value_counts(sort=False, dropna=True)
+        self.strings = pd.Series(counts.index.to_numpy(dtype=object), dtype=strings.dtype)
+        self.values = self.strings.to_numpy(dtype=object)
+        self.weights = counts.to_numpy(dtype=np.int64)
+        self.sampled = int(self.weights.sum())
+
+    def weight(self, mask: np.ndarray) -> int:
+        return int(self.weights[mask].sum())
+
+    def full(self, pattern: str) -> np.ndarray:
+        return _full(self.strings, pattern)
+
+    def checked(
+        self,
+        candidates: np.ndarray,
+        check: Callable[[str], bool],
+        needed: float,
+        cap: int = VALIDATE_MAX,
+        values: np.ndarray | None = None,
+    ) -> float:
+        """Weight of the candidates that pass `check`, estimated from at most `cap`
+        distinct candidates evenly spread. When the candidates alone cannot reach
+        `needed`, their weight (an upper bound, still below it) is returned unchecked.
+        `values`: what `check` is given, position by position (default: the values)."""
+        total = self.weight(candidates)
+        if total == 0 or total < needed:
+            return float(total)
+        given = self.values if values is None else values
+        positions = _spread(np.flatnonzero(candidates), cap)
+        passed = np.fromiter((check(given[i]) for i in positions), bool, len(positions))
+        examined = int(self.weights[positions].sum())
+        return total * int(self.weights[positions][passed].sum()) / examined
+
+
+def _spread(positions: np.ndarray, cap: int) -> np.ndarray:
+    if len(positions) <= cap:
+        return positions
+    return positions[np.linspace(0, len(positions) - 1, cap).astype(np.int64)]
+
+
+def _name_has(column: str, wanted: frozenset[str]) -> bool:
+    return any(set(tokens) & wanted for tokens in _name_tokens(column))
+
+
+def _phone_share(distinct: _Distinct, candidates: np.ndarray, regions: tuple[str, ...]) -> float:
+    """The phone share of a column's distinct values (governance/phones.py)."""
+    positions = _spread(np.flatnonzero(candidates), PHONE_VALIDATE_MAX)
+    if len(positions) == 0:
+        return 0.0
+    graded = [phones.grade(str(distinct.values[i]), regions) for i in positions]
+    weights = distinct.weights[positions]
+    strong = sum(int(w) for (g, _), w in zip(graded, weights, strict=True) if g == phones.STRONG)
+    weak = sum(int(w) for (g, _), w in zip(graded, weights, strict=True) if g == phones.WEAK)
+    marked = sum(int(w) for (_, e), w in zip(graded, weights, strict=True) if e)
+    examined = int(weights.sum())
+    scale = distinct.weight(candidates) / examined / distinct.sampled
+    if marked / examined >= phones.EVIDENCE_SHARE:
+        return (strong + weak) * scale
+    return strong * scale
+
+
+def _national_id(distinct: _Distinct, compact: pd.Series, needed: float) -> tuple[float, str]:
+    """The best national ID kind's valid weight, and the kind."""
+    best, best_kind = 0.0, ""
+    for kind, pattern, check in idnumbers.KINDS:
+        candidates = _full(compact, pattern)
+        if distinct.weight(candidates) < max(needed, best, 1):
+            continue
+        count = distinct.checked(candidates, check, max(needed, best))
+        if count > best:
+            best, best_kind = count, kind
+    return best, best_kind
+
+
+def _text_rates(
+    strings: pd.Series, column: str, settings: Settings
+) -> tuple[dict[str, float], dict[str, str], int]:
+    """Match rates of every value-detected type in a sample of non-blank strings, the
+    findings' details, and the number of values sampled."""
+    distinct = _Distinct(strings)
+    sampled = distinct.sampled
+    needed = settings.threshold * sampled  # fewer valid values than this cannot be reported
+    full = distinct.full
+    counts: dict[str, float] = {
+        "email": distinct.weight(full(_EMAIL_RE)),
+        "credit_card": distinct.checked(full(_CARD_CANDIDATE_RE), luhn_valid, needed),
+        "iban": distinct.checked(full(_IBAN_CANDIDATE_RE), iban_valid, needed),
+        "cn_resident_id": distinct.checked(full(_CN_ID_CANDIDATE_RE), cn_resident_id_valid, needed),
     }
-    ipv4 = _full(strings, _IPV4_RE)
-    ipv6 = _full(strings, _IPV6_CANDIDATE_RE) & ~ipv4
-    counts["ip_address"] = int(ipv4.sum()) + _checked_count(
-        values, ipv6, _ipv6_valid, needed - int(ipv4.sum())
+    ssn_shape = _SSN_CANDIDATE_RE if _name_has(column, _SSN_NAME_TOKENS) else _SSN_WRITTEN_RE
+    counts["us_ssn"] = distinct.checked(
+        full(ssn_shape), lambda v: us_ssn_valid(v.replace(" ", "-")), needed
     )
+    ipv4 = full(_IPV4_RE)
+    ipv4_weight = distinct.weight(ipv4)
+    if ipv4_weight:
+        big = _full(distinct.strings, rf".*(?:{_IPV4_BIG_OCTET_RE}).*") & ipv4
+        if distinct.weight(big) < _IPV4_BIG_SHARE * ipv4_weight:
+            ipv4_weight = 0  # version strings such as 2.12.5.16
+    ipv6 = full(_IPV6_CANDIDATE_RE) & ~ipv4
+    counts["ip_address"] = ipv4_weight + distinct.checked(ipv6, _ipv6_valid, needed - ipv4_weight)
+    details: dict[str, str] = {}
+    compact = distinct.strings.str.replace(idnumbers.SEPARATORS_RE, "", regex=True)
+    counts["national_id"], details["national_id"] = _national_id(distinct, compact, needed)
+    phone_candidates = full(phones.CANDIDATE_RE) & ~full(phones.NOT_PHONE_RE)
+    if distinct.weight(phone_candidates) >= needed:
+        counts["phone"] = _phone_share(distinct, phone_candidates, settings.regions) * sampled
     rates = {pii_type: count / sampled for pii_type, count in counts.items()}
-    dob = _dob_rate(_parse_dates(strings), sampled, column, threshold)
+    dob = _dob_rate(
+        pd.Series(np.repeat(_parse_dates(distinct.strings).to_numpy(), distinct.weights)),
+        sampled,
+        column,
+        settings.threshold,
+    )
     if dob is not None:
         rates["date_of_birth"] = dob
-    return rates
+    if max(rates.values(), default=0.0) >= settings.threshold:
+        return rates, details, sampled  # a column of one kind: no need to look further
+    addresses = textscan.address_mask(distinct.strings)
+    rates["address"] = distinct.weight(addresses) / sampled
+    if rates["address"] >= settings.threshold:
+        return rates, details, sampled
+    shaped = full(r"[^0-9@/\\|_=+<>{}\[\]]{2,80}")
+    # People's names are many: a code list ("White", "Black"; "Male") is not a name column.
+    many = len(distinct.values) >= min(NAME_MIN_DISTINCT, sampled / 2)
+    if many and distinct.weight(shaped) >= settings.name_threshold * sampled:
+        lex = names.lexicon()
+        rates["name"] = (
+            distinct.checked(
+                shaped,
+                lambda v: names.name_like(v, lex),
+                settings.name_threshold * sampled,
+            )
+            / sampled
+        )
+        if rates["name"] >= settings.name_threshold:
+            return rates, details, sampled
+    if textscan.is_prose(strings):
+        hits = textscan.embedded_any(distinct.strings)
+        if hits.any():
+            rate = distinct.weight(hits) / sampled
+            if rate >= settings.free_text_threshold:
+                rates["free_text"] = rate
+                kinds = textscan.embedded(distinct.strings[hits])
+                details["free_text"] = ",".join(sorted(kinds))
+    return rates, details, sampled
 
 
 def _number_strings(sample: pd.Series) -> pd.Series:
@@ -386,9 +667,68 @@ def _number_strings(sample: pd.Series) -> pd.Series:
     return pd.Series(strings, index=sample.index, dtype="str")
 
 
-def _detect_values(series: pd.Series, column: str, threshold: float) -> list[PiiFinding]:
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+def _number_rates(
+    strings: pd.Series, column: str, settings: Settings
+) -> tuple[dict[str, float], dict[str, str], int]:
+    """Rates for a numeric column, as decimal strings of its whole numbers."""
+    distinct = _Distinct(strings)
+    sampled = distinct.sampled
+    needed = settings.threshold * sampled
+    lengths = distinct.strings.str.len().to_numpy(dtype=np.int64, na_value=0)
+    if distinct.weight(lengths >= 7) < needed:  # ages, counts, prices: nothing to see
+        return {}, {}, sampled
+    full = distinct.full
+    rates: dict[str, float] = {
+        "credit_card": distinct.checked(full(_CARD_CANDIDATE_RE), luhn_valid, needed) / sampled,
+        "cn_resident_id": distinct.checked(full(_CN_ID_CANDIDATE_RE), cn_resident_id_valid, needed)
+        / sampled,
+    }
+    details: dict[str, str] = {}
+    best, best_kind = 0.0, ""
+    for kind, pattern, check in idnumbers.KINDS:
+        width = idnumbers.DIGIT_KINDS.get(kind)
+        if width is None:
+            continue
+        padded = distinct.strings.str.zfill(width)
+        candidates = (lengths <= width) & _full(padded, pattern)
+        if distinct.weight(candidates) < max(needed, best, 1):
+            continue
+        count = distinct.checked(
+            candidates, check, max(needed, best), values=padded.to_numpy(dtype=object)
+        )
+        if count > best:
+            best, best_kind = count, kind
+    rates["national_id"], details["national_id"] = best / sampled, best_kind
+    phone_candidates = (lengths >= phones.MIN_DIGITS) & (lengths <= phones.MAX_DIGITS)
+    if distinct.weight(phone_candidates) >= needed:
+        rates["phone"] = (
+            distinct.checked(
+                phone_candidates,
+                lambda v: phones.grade_digits(v, settings.regions) == phones.STRONG,
+                needed,
+                PHONE_VALIDATE_MAX,
+            )
+            / sampled
+        )
+    compact = full(_COMPACT_RE)
+    if distinct.weight(compact) >= needed:
+        dates = _parse_dates(distinct.strings.where(compact, ""))
+        dob = _dob_rate(
+            pd.Series(np.repeat(dates.to_numpy(), distinct.weights)),
+            sampled,
+            column,
+            settings.threshold,
+        )
+        if dob is not None:
+            rates["date_of_birth"] = dob
+    return rates, details, sampled
+
+
+def _detect_values(series: pd.Series, column: str, settings: Settings) -> list[PiiFinding]:
+    for name, value in (("threshold", settings.threshold),
+                        ("name_threshold", settings.name_threshold)):  # fmt: skip
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
     dtype = series.dtype
     if ptypes.is_bool_dtype(dtype):
         return []
@@ -403,48 +743,55 @@ def _detect_values(series: pd.Series, column: str, threshold: float) -> list[Pii
             return []
 
     rates: dict[str, float]
+    details: dict[str, str] = {}
     if ptypes.is_numeric_dtype(dtype) and not ptypes.is_complex_dtype(dtype):
         strings = _number_strings(sample)
-        sampled = len(strings)
-        if sampled == 0:
+        strings = strings[strings.str.len().to_numpy(dtype=np.int64, na_value=0) > 0]
+        if strings.empty:
             return []
-        needed = threshold * sampled
-        values = strings.to_numpy(dtype=object)
-        cards = _full(strings, _CARD_CANDIDATE_RE)
-        ids = _full(strings, _CN_ID_CANDIDATE_RE)
-        rates = {
-            "credit_card": _checked_count(values, cards, luhn_valid, needed) / sampled,
-            "cn_resident_id": _checked_count(values, ids, cn_resident_id_valid, needed) / sampled,
-        }
+        rates, details, sampled = _number_rates(strings, column, settings)
     elif ptypes.is_datetime64_any_dtype(dtype):
         sampled = len(sample)
-        dob = _dob_rate(sample, sampled, column, threshold) if sampled else None
+        dob = _dob_rate(sample, sampled, column, settings.threshold) if sampled else None
         rates = {} if dob is None else {"date_of_birth": dob}
     elif ptypes.is_string_dtype(dtype) or ptypes.is_object_dtype(dtype):
         strings = sample.astype(str).str.strip()
         strings = strings[strings.str.len().to_numpy(dtype=np.int64, na_value=0) > 0]
-        sampled = len(strings)
-        if sampled == 0:
+        if strings.empty:
             return []
-        rates = _text_rates(strings, column, threshold)
+        rates, details, sampled = _text_rates(strings, column, settings)
     else:  # timedelta, period, interval, complex...: nothing identifying by value
         return []
 
-    return [
-        PiiFinding(column, pii_type, "values", rates[pii_type], sampled)
+    limits = {"name": settings.name_threshold, "free_text": settings.free_text_threshold}
+    found = [
+        PiiFinding(column, pii_type, "values", rates[pii_type], sampled, details.get(pii_type, ""))
         for pii_type in PII_TYPES
-        if rates.get(pii_type, 0.0) >= threshold
+        if pii_type in rates
+        and rates[pii_type] >= limits.get(pii_type, settings.threshold)
+        and (pii_type != "free_text" or rates[pii_type] > 0)
     ]
+    return found
 
 
-def detect_values(series: pd.Series, *, threshold: float = 0.8) -> list[PiiFinding]:
-    """Types whose valid share of the sampled non-null values is at least `threshold`.
+def detect_values(
+    series: pd.Series,
+    *,
+    threshold: float = 0.8,
+    name_threshold: float = 0.6,
+    free_text_threshold: float = 0.0,
+    regions: tuple[str, ...] | list[str] = (),
+) -> list[PiiFinding]:
+    """Types whose valid share of the sampled non-null values is at least `threshold`
+    (`name_threshold` for names; free text: any share above `free_text_threshold`).
 
     The series' name is the column name: it is reported in the findings and consulted
-    by the date_of_birth rule (see `_dob_rate`). Findings come in `PII_TYPES` order.
+    by the date_of_birth and SSN rules. `regions`: ISO codes for phone numbers written
+    without a country code. Findings come in `PII_TYPES` order.
     """
     column = "" if series.name is None else str(series.name)
-    return _detect_values(series, column, threshold)
+    settings = Settings(threshold, name_threshold, free_text_threshold, tuple(regions))
+    return _detect_values(series, column, settings)
 
 
 # --- column names -------------------------------------------------------------------------
@@ -511,6 +858,30 @@ _NAME_HINTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("nationalid",), "cn_resident_id"),
     (("shenfenzheng",), "cn_resident_id"),
     (("sfz",), "cn_resident_id"),
+    (("nino",), "national_id"),
+    (("national", "insurance"), "national_id"),
+    (("nhs", "number"), "national_id"),
+    (("nir",), "national_id"),
+    (("codice", "fiscale"), "national_id"),
+    (("codicefiscale",), "national_id"),
+    (("bsn",), "national_id"),
+    (("cpf",), "national_id"),
+    (("nif",), "national_id"),
+    (("nie",), "national_id"),
+    (("dni",), "national_id"),
+    (("nuss",), "national_id"),
+    (("aadhaar",), "national_id"),
+    (("aadhar",), "national_id"),
+    (("pan", "number"), "national_id"),
+    (("steuer", "id"), "national_id"),
+    (("idnr",), "national_id"),
+    (("my", "number"), "national_id"),
+    (("passport",), "national_id"),
+    (("address",), "address"),
+    (("street",), "address"),
+    (("street", "address"), "address"),
+    (("addr",), "address"),
+    (("home", "address"), "address"),
 )
 _HINTS_LONGEST_FIRST = sorted(_NAME_HINTS, key=lambda hint: -len(hint[0]))
 
@@ -641,20 +1012,62 @@ def detect_name(column: str) -> list[PiiFinding]:
     ]
 
 
-def scan_column(series: pd.Series, column: str, *, threshold: float = 0.8) -> list[PiiFinding]:
+def scan_column(
+    series: pd.Series,
+    column: str,
+    *,
+    threshold: float = 0.8,
+    settings: Settings | None = None,
+) -> list[PiiFinding]:
     """Value findings first, then name findings for the types the values did not show."""
-    findings = _detect_values(series, column, threshold)
+    settings = settings or Settings(threshold)
+    findings = _detect_values(series, column, settings)
     by_values = {finding.pii_type for finding in findings}
     findings += [hit for hit in detect_name(column) if hit.pii_type not in by_values]
     return findings
 
 
-def scan_frame(df: pd.DataFrame, *, threshold: float = 0.8) -> dict[str, list[PiiFinding]]:
-    """Findings per column (by `str` of the label), only for columns with findings."""
+_INTERNATIONAL_RE = r"(?:\+|00)[1-9][0-9 ().\-/]{6,20}(?:[ ]*(?:x|ext\.?)[ ]*[0-9]{1,6})?"
+
+
+def infer_phone_regions(df: pd.DataFrame) -> tuple[str, ...]:
+    """The regions of the phone numbers written with a country code in `df`'s text
+    columns (+44 ..., 0044 ...): each region holding at least `REGION_MIN_SHARE` of
+    them, most frequent first, at most `MAX_INFERRED_REGIONS`. A site whose numbers are
+    all national (no country code) must name its region in the policy."""
+    found: dict[str, int] = {}
+    for _, series in df.items():
+        if not (ptypes.is_string_dtype(series.dtype) or ptypes.is_object_dtype(series.dtype)):
+            continue
+        head = series.dropna().head(SAMPLE_HEAD).astype(str).str.strip()
+        international = head[_full(head, _INTERNATIONAL_RE)]
+        for value in _spread(np.arange(len(international)), 200):
+            region = phones.region_of(str(international.iloc[value]))
+            if region is not None:
+                found[region] = found.get(region, 0) + 1
+    total = sum(found.values())
+    ranked = sorted(found, key=lambda region: (-found[region], region))
+    return tuple(r for r in ranked if found[r] >= REGION_MIN_SHARE * total)[:MAX_INFERRED_REGIONS]
+
+
+def scan_frame(
+    df: pd.DataFrame,
+    *,
+    threshold: float = 0.8,
+    name_threshold: float = 0.6,
+    free_text_threshold: float = 0.0,
+    regions: tuple[str, ...] | list[str] | None = None,
+) -> dict[str, list[PiiFinding]]:
+    """Findings per column (by `str` of the label), only for columns with findings.
+
+    `regions`: the site's phone regions; None or empty: those of `infer_phone_regions`.
+    """
+    regions = tuple(regions or ()) or infer_phone_regions(df)
+    settings = Settings(threshold, name_threshold, free_text_threshold, regions)
     result: dict[str, list[PiiFinding]] = {}
     for label, series in df.items():  # items() also copes with duplicate labels
         column = str(label)
-        findings = scan_column(series, column, threshold=threshold)
+        findings = scan_column(series, column, settings=settings)
         if findings:
             result.setdefault(column, []).extend(findings)
     return result

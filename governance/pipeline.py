@@ -2,10 +2,18 @@
 
 Steps, in order: schema (columns, types, ranges, categories), PII scan and
 sensitivity tags, consent filter, deduplication, missing values, outliers, PII
-actions (drop, keyed hash, generalize), k-anonymity on the quasi-identifiers, the
-minimum row count, then the decision. Training sees only the returned frame: the
+actions (drop, keyed hash, generalize, mask), k-anonymity on the quasi-identifiers,
+the minimum row count, then the decision. Training sees only the returned frame: the
 label and the feature columns, with identifiers, the consent column and any column
-the policy does not know removed.
+the policy does not know removed, and free text with its identifiers masked.
+
+k-anonymity with `action: generalize` coarsens the quasi-identifiers column by column
+(`_KGeneralizer`): numbers into ever wider bands, text to ever shorter prefixes, and
+at last a column to a single value, choosing at each step the column whose next level
+loses least, and keeping the state along that path with the least information loss
+(rows suppressed count as fully lost); the rows still in groups under k are then
+suppressed. The local report says, per column, what was kept, and the rows and the
+share of information lost.
 
 Two kinds of reasons come out. The local report keeps exact counts and example
 values for the institution's staff. The reasons and the summary that may leave
@@ -19,7 +27,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -29,6 +37,7 @@ from aidmp.errors import snippet
 from aidmp.governance.cells import inert
 from aidmp.governance.pii import scan_frame
 from aidmp.governance.policy import DIRECT_IDENTIFIERS, ColumnRule, Policy
+from aidmp.governance.textscan import mask_text
 
 TRUE_WORDS = frozenset({"true", "yes", "y", "1", "t"})
 FALSE_WORDS = frozenset({"false", "no", "n", "0", "f"})
@@ -123,7 +132,14 @@ class _Run:
         # A categorical column can hold identifiers too (repeat visits): scan it as text.
         as_text = {c: original[c].astype("string") for c in original.columns
                    if isinstance(original[c].dtype, pd.CategoricalDtype)}  # fmt: skip
-        findings = scan_frame(original.assign(**as_text) if as_text else original)
+        detection = self.policy.detection
+        findings = scan_frame(
+            original.assign(**as_text) if as_text else original,
+            threshold=detection.threshold,
+            name_threshold=detection.name_threshold,
+            free_text_threshold=detection.free_text_threshold,
+            regions=detection.phone_regions,
+        )
         for column in original.columns:
             rule = self.policy.columns.get(column)
             explicit_tag = rule is not None and "tag" in rule.model_fields_set
@@ -133,7 +149,7 @@ class _Run:
                 # A column the policy does not know never reaches training: it is dropped.
                 action = "drop" if rule is None else rule.pii or self.policy.action_for(kind)
                 self.result.pii[column] = f"{kind}:{action}"
-                tag = "identifier" if kind in DIRECT_IDENTIFIERS else "quasi-identifier"
+                tag = _tag_of(kind)
             elif rule is not None and rule.pii:
                 self.result.pii[column] = f"declared:{rule.pii}"
                 tag = "public"
@@ -263,7 +279,9 @@ class _Run:
             return False  # the admin named it the label; a PII look-alike is kept
         return self.result.pii.get(column, "").endswith(":drop") or (
             self.result.tags.get(column) == "identifier"
-            and not self.result.pii.get(column, "").endswith((":hash", ":keep", ":generalize"))
+            and not self.result.pii.get(column, "").endswith(
+                (":hash", ":keep", ":generalize", ":mask")
+            )
         )
 
     def pii_actions(self) -> None:
@@ -280,6 +298,8 @@ class _Run:
             elif action == "generalize":
                 rule = self.policy.columns.get(column)
                 self.frame[column] = _generalize(self.frame[column], rule)
+            elif action == "mask":
+                self.frame[column] = mask_text(self.frame[column])
 
     def _hash(self, series: pd.Series) -> pd.Series:
         if self.secret is None:
@@ -301,18 +321,20 @@ class _Run:
             return
         small = _small_groups(self.frame, qi, spec.k)
         if small.any() and spec.action == "generalize":
+            search = _KGeneralizer(self.frame, qi, self.policy, spec.k)
+            best = search.run()
             for column in qi:
-                rule = self.policy.columns[column]
-                if _is_numeric(rule):
-                    band = (rule.generalize.band if rule.generalize and rule.generalize.band
-                            else _default_band(self.frame[column]))  # fmt: skip
-                    original = self.frame[column]
-                    for _ in range(6):  # the configured band, then wider, until groups fit
-                        if not small.any():
-                            break
-                        self.frame[column] = np.floor(original / band) * band
-                        small = _small_groups(self.frame, qi, spec.k)
-                        band *= 2
+                self.frame[column] = search.column_at(column, best.levels[qi.index(column)])
+            small = pd.Series(best.small, index=self.frame.index)
+            self.steps.append(
+                {
+                    "step": "k-anonymity-generalize",
+                    "k": spec.k,
+                    "columns": search.describe(best.levels),
+                    "rows_suppressed": int(best.small.sum()),
+                    "information_loss": round(best.loss, 4),
+                }
+            )
         n_small = int(small.sum())
         if n_small and spec.action == "decline":
             self.decline(
@@ -325,6 +347,22 @@ class _Run:
             self.remove("k-anonymity", small, f"k={spec.k} on {qi}")
         if not self.frame.empty:
             self.result.k_achieved = int(self.frame.groupby(qi, dropna=False).size().min())
+
+    def _values_shown(self, column: str) -> bool:
+        """Whether the local report may show the column's values: the policy says so
+        (`report_values`), or it is silent and the column neither is tagged identifier
+        nor was found to hold identifiers (nor is hashed, masked or free text)."""
+        rule = self.policy.columns.get(column)
+        if rule is not None and rule.report_values is not None:
+            return rule.report_values
+        spec = self.result.pii.get(column, "")
+        kind, _, action = spec.partition(":")
+        return not (
+            self.result.tags.get(column) == "identifier"
+            or kind in DIRECT_IDENTIFIERS
+            or kind == "free_text"
+            or action in ("hash", "mask")
+        )
 
     # --- 7. decision --------------------------------------------------------------------------
     def finish(self) -> GovernanceResult:
@@ -345,8 +383,12 @@ class _Run:
         self.result.admitted = not self.result.reasons
         if self.result.admitted:
             self.result.frame = self.frame[keep].reset_index(drop=True)
+        hidden = {c for c in self.frame.columns if not self._values_shown(str(c))}
+        for step in self.steps:  # schema examples of identifier columns stay unwritten
+            if step.get("column") in hidden and "examples" in step:
+                step["examples"] = ["(withheld: the column holds identifiers)"]
         self.result.report = {
-            "profile": _profile(self.frame[keep]) if self.result.admitted else {},
+            "profile": _profile(self.frame[keep], hidden) if self.result.admitted else {},
             "steps": self.steps,
             "pii_findings": getattr(self, "report_findings", {}),
             "training_columns": keep if self.result.admitted else [],
@@ -354,7 +396,13 @@ class _Run:
         return self.result
 
 
-def raise_no_secret(env: str) -> None:
+def _tag_of(kind: str) -> str:
+    if kind in DIRECT_IDENTIFIERS:
+        return "identifier"
+    return "sensitive" if kind == "free_text" else "quasi-identifier"
+
+
+def raise_no_secret(env: str) -> NoReturn:
     from aidmp.governance.policy import GovernanceError
 
     raise GovernanceError(
@@ -455,18 +503,25 @@ def _default_band(series: pd.Series) -> float:
     return max(span / 20, 1.0)
 
 
-def _profile(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """The quality profile of the training frame, for the local report only."""
+def _profile(frame: pd.DataFrame, hidden: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The quality profile of the training frame, for the local report only. Columns in
+    `hidden` get counts only: no frequent values, no minimum or maximum."""
+    hidden = hidden or set()
     out: dict[str, dict[str, Any]] = {}
     for column in frame.columns:
         series = frame[column]
         info: dict[str, Any] = {"missing_rate": float(series.isna().mean())}
+        shown = str(column) not in hidden
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            info |= {k: float(v) for k, v in series.agg(["min", "max", "mean", "std"]).items()}
+            stats = ["min", "max", "mean", "std"] if shown else ["mean", "std"]
+            info |= {k: float(v) for k, v in series.agg(stats).items()}
         else:
             counts = series.value_counts(dropna=True)
-            info |= {"distinct": int(len(counts)),
-                     "top": {str(k): int(v) for k, v in counts.head(5).items()}}  # fmt: skip
+            info["distinct"] = int(len(counts))
+            if shown:
+                info["top"] = {str(k): int(v) for k, v in counts.head(5).items()}
+            else:
+                info["top"] = "withheld: the column holds identifiers"
         out[str(column)] = info
     return out
 
@@ -474,3 +529,154 @@ def _profile(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
 def _small_groups(frame: pd.DataFrame, qi: list[str], k: int) -> pd.Series:
     sizes = frame.groupby(qi, dropna=False)[qi[0]].transform("size")
     return sizes < k
+
+
+# --- k-anonymity by generalization ----------------------------------------------------------
+_NICE = (1.0, 2.0, 5.0)
+_MAX_BANDS = 14
+
+
+@dataclass
+class _Level:
+    label: str  # "as is", "bands of 10", "first 3 characters", "one value"
+    codes: np.ndarray  # int64 group code per row
+    cardinality: int
+    ncp: np.ndarray | float  # information lost per row, 0 (as is) .. 1 (one value)
+    values: pd.Series  # the column at this level
+
+
+@dataclass
+class _KState:
+    levels: tuple[int, ...]
+    loss: float
+    small: np.ndarray  # rows in groups smaller than k
+
+
+class _KGeneralizer:
+    """Column-by-column generalization towards k-anonymity at the least loss.
+
+    Each quasi-identifier has a ladder of levels, from its values as they are to a single
+    value. Loss is the normalised certainty penalty: a row's loss in a column is the
+    width of its band over the column's range (numbers) or the share of the column's
+    distinct values merged with its own (text), and a suppressed row loses everything
+    (1 in every column); the table's loss is the mean over rows and columns. From "as
+    is", each step raises the one column whose next level gives the least loss; the
+    walk ends when no group is under k, and the state with the least loss along the
+    way is the answer (its remaining small groups are suppressed).
+    """
+
+    def __init__(self, frame: pd.DataFrame, qi: list[str], policy: Policy, k: int) -> None:
+        self.qi, self.k, self.n = qi, k, len(frame)
+        self.ladders = [self._ladder(frame[c], policy.columns.get(c)) for c in qi]
+
+    # -- ladders --
+    def _ladder(self, series: pd.Series, rule: ColumnRule | None) -> list[_Level]:
+        if pd.api.types.is_datetime64_any_dtype(series):
+            dates = series.dt.tz_convert(None) if series.dt.tz is not None else series
+            numbers = dates.dt.year + (dates.dt.dayofyear - 1) / 366.0
+            return self._numeric(series, numbers.astype("float64"), None)
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            band = rule.generalize.band if rule and rule.generalize else None
+            return self._numeric(series, series.astype("float64"), band)
+        return self._text(series)
+
+    @staticmethod
+    def _codes(values: pd.Series) -> tuple[np.ndarray, int]:
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        return codes.astype(np.int64), max(len(uniques), 1)
+
+    def _numeric(self, series: pd.Series, numbers: pd.Series, band: float | None) -> list[_Level]:
+        codes, cardinality = self._codes(series)
+        levels = [_Level("as is", codes, cardinality, 0.0, series)]
+        present = numbers.dropna()
+        span = float(present.max() - present.min()) if len(present) else 0.0
+        if span > 0:
+            ordered = np.unique(present.to_numpy())
+            step = float(np.diff(ordered).min()) if len(ordered) > 1 else span
+            if band is not None:
+                widths = [band * 2**i for i in range(_MAX_BANDS) if band * 2**i < span]
+            else:
+                widths = [m * 10.0**e for e in range(-6, 16) for m in _NICE]
+                widths = [w for w in widths if step < w < span][:_MAX_BANDS]
+            for width in widths:
+                banded = np.floor(numbers / width) * width
+                codes, cardinality = self._codes(banded)
+                if cardinality >= levels[-1].cardinality:
+                    continue
+                label = f"bands of {width:g}"
+                levels.append(_Level(label, codes, cardinality, min(width / span, 1.0), banded))
+        constant = pd.Series(
+            float(present.min()) if len(present) else np.nan, index=series.index
+        ).where(numbers.notna())
+        codes, cardinality = self._codes(constant)
+        levels.append(_Level("one value", codes, cardinality, 1.0, constant))
+        return levels
+
+    def _text(self, series: pd.Series) -> list[_Level]:
+        text = series.astype("string")
+        codes, cardinality = self._codes(text)
+        levels = [_Level("as is", codes, cardinality, 0.0, series)]
+        distinct = max(cardinality - 1, 1)
+        longest = int(text.str.len().max()) if text.notna().any() else 0
+        for keep in range(longest - 1, 0, -1):
+            cut = text.str.slice(0, keep)
+            cut_codes, cut_card = self._codes(cut)
+            if cut_card >= levels[-1].cardinality:
+                continue
+            # originals merged per generalized value, for each row
+            merged = pd.Series(codes).groupby(cut_codes).transform("nunique").to_numpy()
+            ncp = (merged - 1) / distinct
+            levels.append(_Level(f"first {keep} characters", cut_codes, cut_card, ncp, cut))
+        constant = pd.Series("*", index=series.index, dtype="string").where(text.notna())
+        codes, cardinality = self._codes(constant)
+        levels.append(_Level("one value", codes, cardinality, 1.0, constant))
+        return levels
+
+    # -- search --
+    def evaluate(self, levels: tuple[int, ...]) -> _KState:
+        key = np.zeros(self.n, dtype=np.int64)
+        size = 1
+        lost = np.zeros(self.n, dtype=np.float64)
+        for ladder, index in zip(self.ladders, levels, strict=True):
+            level = ladder[index]
+            if size * level.cardinality >= 2**62:
+                key = pd.factorize(key)[0].astype(np.int64)
+                size = int(key.max()) + 1 if self.n else 1
+            key = key * level.cardinality + level.codes
+            size *= level.cardinality
+            lost += level.ncp
+        ids = pd.factorize(key)[0]
+        small = np.bincount(ids)[ids] < self.k
+        q = len(self.ladders)
+        loss = (float(lost[~small].sum()) + q * float(small.sum())) / max(self.n * q, 1)
+        return _KState(levels, loss, small)
+
+    def run(self) -> _KState:
+        levels = tuple(0 for _ in self.ladders)
+        state = best = self.evaluate(levels)
+        while state.small.any():
+            steps = [
+                self.evaluate(levels[:j] + (levels[j] + 1,) + levels[j + 1 :])
+                for j in range(len(levels))
+                if levels[j] + 1 < len(self.ladders[j])
+            ]
+            if not steps:
+                break
+            state = min(steps, key=lambda s: (s.loss, int(s.small.sum())))
+            levels = state.levels
+            if state.loss < best.loss:
+                best = state
+        return best
+
+    def column_at(self, column: str, index: int) -> pd.Series:
+        return self.ladders[self.qi.index(column)][index].values
+
+    def describe(self, levels: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+        return {
+            column: {
+                "kept": ladder[index].label,
+                "distinct_before": ladder[0].cardinality,
+                "distinct_after": ladder[index].cardinality,
+            }
+            for column, ladder, index in zip(self.qi, self.ladders, levels, strict=True)
+        }

@@ -28,18 +28,21 @@ from pydantic import (
 
 from aidmp.errors import AidmpError, DeclineCode, snippet
 
-Action = Literal["drop", "hash", "generalize", "keep"]
+# mask: free text keeps its words; every identifier found in it becomes its type (<EMAIL>).
+Action = Literal["drop", "hash", "generalize", "keep", "mask"]
 Tag = Literal["identifier", "quasi-identifier", "sensitive", "public"]
 ColumnType = Literal["int", "float", "str", "category", "bool", "date"]
 
 # What to do with a detected kind of personal data when the column has no rule.
 DEFAULT_PII_ACTIONS: dict[str, Action] = {
     "email": "drop", "phone": "drop", "credit_card": "drop", "iban": "drop",
-    "ip_address": "drop", "us_ssn": "drop", "cn_resident_id": "drop", "name": "drop",
+    "ip_address": "drop", "us_ssn": "drop", "cn_resident_id": "drop", "national_id": "drop",
+    "name": "drop", "address": "drop", "free_text": "mask",
     "date_of_birth": "generalize", "postcode": "generalize",
 }  # fmt: skip
-# Detected kinds that identify a person on their own; the rest are quasi-identifiers.
-DIRECT_IDENTIFIERS = frozenset(DEFAULT_PII_ACTIONS) - {"date_of_birth", "postcode"}
+# Detected kinds that identify a person on their own. date_of_birth and postcode are
+# quasi-identifiers; free text (with its identifiers masked) is sensitive.
+DIRECT_IDENTIFIERS = frozenset(DEFAULT_PII_ACTIONS) - {"date_of_birth", "postcode", "free_text"}
 
 
 MAX_POLICY_BYTES = 1024 * 1024
@@ -99,6 +102,44 @@ class ColumnRule(_Strict):
     pii: Action | None = None
     generalize: Generalize | None = None
     max_missing_rate: float | None = Field(None, ge=0, le=1)
+    # The local report shows a column's frequent values only when this is true, or when
+    # it is unset and the column is neither tagged identifier nor found to hold one.
+    report_values: bool | None = None
+
+
+class Detection(_Strict):
+    """How values are judged to be personal data (governance/pii.py)."""
+
+    threshold: float = Field(
+        0.8, gt=0, le=1, description="share of a column's sampled values that must match and "
+        "validate for a type to be reported"
+    )  # fmt: skip
+    name_threshold: float = Field(
+        0.6, gt=0, le=1, description="names: share of values shaped like a person's name with "
+        "at least half of their words in the name lexicon"
+    )  # fmt: skip
+    free_text_threshold: float = Field(
+        0.0, ge=0, lt=1, description="free text: share of values with an embedded identifier "
+        "above which the column is reported (0: any one)"
+    )  # fmt: skip
+    phone_regions: list[str] = Field(
+        default_factory=list, description="ISO 3166 alpha-2 codes of the site's country or "
+        "countries, for phone numbers written without a country code, e.g. [GB]"
+    )  # fmt: skip
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, value: list[str]) -> list[str]:
+        import phonenumbers
+
+        regions = [code.strip().upper() for code in value]
+        unknown = [code for code in regions if code not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(
+                f"unknown phone region(s) {', '.join(map(snippet, unknown[:3]))}; use ISO "
+                "3166 alpha-2 codes, e.g. US, GB, DE"
+            )
+        return regions
 
 
 class Consent(_Strict):
@@ -135,6 +176,7 @@ class Policy(_Strict):
     columns: dict[str, ColumnRule] = Field(min_length=1)
     consent: Consent | None = None
     pii_by_type: dict[str, Action] = Field(default_factory=lambda: dict(DEFAULT_PII_ACTIONS))
+    detection: Detection = Detection()
     unexpected_columns: Literal["drop", "decline"] = "drop"
     k_anonymity: KAnonymity | None = None
     min_rows: int = Field(50, ge=1)
@@ -224,7 +266,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing aliases: a policy has no use for them, and nested
     ones expand a few lines into billions of items (the "billion laughs")."""
 
-    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise _AliasRefused(mark.line + 1)
