@@ -18,6 +18,8 @@ from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
 from aidmp.governance.policy import load_policy
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
+from aidmp.round_config import RoundConfig
+from aidmp.server.federation import round_config_for
 from aidmp.server.report import REPORT_NAME
 from aidmp.simulations.runner import bundled_policy
 from tests.recording import run_recorded
@@ -44,8 +46,7 @@ def _identifiers(cfg: RunConfig, index: int) -> set[str]:
     """The made-up identifier values institution `index` held, regenerated."""
     policy, _ = load_policy(Path(cfg.governance_policy))
     node = {"partition-id": index, "num-partitions": INSTITUTIONS}
-    config = {"task": cfg.task, "partition": cfg.partition, "seed": cfg.seed,
-              "governance-scenario": cfg.governance_scenario}  # fmt: skip
+    config = RoundConfig.from_record(round_config_for(cfg, 1))  # as a node parses it
     _, load = _source(node, config, policy)
     frame = load()
     values: set[str] = set()
