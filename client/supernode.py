@@ -64,6 +64,7 @@ def node_config(
     keys: Path | None,
     name: str,
     dp_epsilon: float | None,
+    max_noise_multiplier: float | None = None,
 ) -> str:
     """The `--node-config` string, after checking each file it names and that the state
     folder can hold the ledger and the audit log. `dp_epsilon` None: --no-dp."""
@@ -86,6 +87,8 @@ def node_config(
     # every round (privacy/policy.py), and no run config can make the choice for it.
     if dp_epsilon is not None:
         parts |= {"dp": "true", "dp-epsilon": str(dp_epsilon)}
+        if max_noise_multiplier is not None:
+            parts["dp-max-noise-multiplier"] = str(float(max_noise_multiplier))
     else:
         parts["dp"] = "false"
     return " ".join(f"{k}={v}" for k, v in parts.items())

@@ -95,8 +95,10 @@ def plan_noise_multiplier(
     shape: RoundShape,
     rounds: int,
     accountant: Accountant = DEFAULT_ACCOUNTANT,
+    max_sigma: float = MAX_NOISE_MULTIPLIER,
 ) -> float:
-    """The smallest σ with which `rounds` more rounds of `shape` fit in `budget`.
+    """The smallest σ with which `rounds` more rounds of `shape` fit in `budget`; at most
+    `max_sigma` (the node policy's cap), else BudgetExhausted.
 
     Like Opacus's `get_noise_multiplier`, but it composes with what the ledger has
     already spent, by the ledger's accountant: the figure it plans with is the one the
@@ -124,13 +126,14 @@ def plan_noise_multiplier(
         low = sigma
     else:
         while eps(sigma) > budget:
-            if sigma >= MAX_NOISE_MULTIPLIER:
+            if sigma >= max_sigma:
                 raise BudgetExhausted(
                     f"privacy budget exhausted: eps {spent:.2f} of {budget:.2f} spent, too "
                     f"little left for {rounds} more round(s) even at noise multiplier "
-                    f"{MAX_NOISE_MULTIPLIER:g}"
+                    f"{max_sigma:g} (this node's cap, dp-max-noise-multiplier), where its "
+                    "updates would be mostly noise"
                 )
-            low, sigma = sigma, min(sigma * 2, MAX_NOISE_MULTIPLIER)
+            low, sigma = sigma, min(sigma * 2, max_sigma)
         high = sigma
     return _smallest_fitting(eps, budget, low, high, PLAN_TOLERANCE)
 

@@ -83,6 +83,11 @@ def plan_sigma(
     round's shape or the accountant has changed.
     """
     if policy.noise_multiplier > 0:
+        if policy.noise_multiplier > policy.max_noise_multiplier:
+            raise PrivacyError(
+                f"dp-noise-multiplier {policy.noise_multiplier:g} is above this node's own "
+                f"cap, dp-max-noise-multiplier {policy.max_noise_multiplier:g}"
+            )
         return policy.noise_multiplier
     entries = ledger.entries
     mine = [i for i, e in enumerate(entries) if e["run_id"] == run_id]
@@ -93,13 +98,19 @@ def plan_sigma(
             last["steps"],
             last.get("accountant"),
         ) == (shape.sample_rate, shape.steps, ledger.accountant):
-            return float(last["noise_multiplier"])
+            return float(last["noise_multiplier"])  # planned under the cap already
     earlier = tuple(
         c for c, e in zip(ledger.events, ledger.entries, strict=True) if e["run_id"] != run_id
     )
     first = min([e["round"] for e in ledger.entries if e["run_id"] == run_id] + [rnd])
     return plan_noise_multiplier(
-        earlier, ledger.budget, ledger.delta, shape, max(1, rounds - first + 1), ledger.accountant
+        earlier,
+        ledger.budget,
+        ledger.delta,
+        shape,
+        max(1, rounds - first + 1),
+        ledger.accountant,
+        policy.max_noise_multiplier,
     )
 
 

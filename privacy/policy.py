@@ -26,13 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aidmp.errors import PrivacyError, describe_validation_error
 from aidmp.node_config import has_own_data
-from aidmp.privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES
+from aidmp.privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES, MAX_NOISE_MULTIPLIER
 from aidmp.round_config import RoundConfig
 
 log = logging.getLogger("aidmp.privacy")
 
 POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
+    "dp-max-noise-multiplier",
     "dp-accountant", "dp-grad-sample-mode", "dp-rounds",
 )  # fmt: skip
 
@@ -44,6 +45,11 @@ class DPPolicy(BaseModel):
     delta: float = Field(1e-5, alias="dp-delta", gt=0, lt=1)
     max_grad_norm: float = Field(1.0, alias="dp-max-grad-norm", gt=0)
     noise_multiplier: float = Field(0.0, alias="dp-noise-multiplier", ge=0)
+    # Above this σ the node declines (code 102) rather than send an update that is
+    # mostly noise: what a nearly spent budget would otherwise buy.
+    max_noise_multiplier: float = Field(
+        MAX_NOISE_MULTIPLIER, alias="dp-max-noise-multiplier", gt=0, le=MAX_NOISE_MULTIPLIER
+    )
     accountant: Literal["pld", "rdp", "prv"] = Field("pld", alias="dp-accountant")
     grad_sample_mode: str = Field(DEFAULT_GRAD_SAMPLE_MODE, alias="dp-grad-sample-mode")
     state_dir: Path

@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.round_config import RoundConfig
+from aidmp.server.budget_watch import describe, low_budget_sites
 from aidmp.server.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -200,10 +201,16 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
     # and this run on record, and `--resume` picks up from here.
     checkpoint(first_round - 1, arrays)
 
+    warned: set[str] = set()
+
     def on_round_end(rec: RoundRecord, arrays: ArrayRecord) -> None:
         history.append(rec.as_dict())
         checkpoint(rec.round, arrays)
         log.info(_progress_line(rec, cfg.num_rounds, prior_s + time.monotonic() - started))
+        for site in low_budget_sites(history):
+            if site["institution"] not in warned:
+                warned.add(site["institution"])
+                log.warning("low privacy budget: %s", describe(site))
 
     if first_round > cfg.num_rounds:
         log.info("checkpoint already holds all %d rounds; nothing to run", cfg.num_rounds)

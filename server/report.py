@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
 from aidmp.privacy.he.keys import inspect_context
+from aidmp.server.budget_watch import low_budget_sites
 from aidmp.strategies.client_dp import ClientLevelDP
 from aidmp.strategies.encrypted import EncryptedFedAvg
 from aidmp.tasks import get_task
@@ -35,6 +36,7 @@ def run_report(
     report = build_report(cfg, history, resumed_from=resumed_from)
     report |= {"job_id": job_id, "runs": runs}
     report["privacy"]["client_level"] = _client_level_spend(cfg, strategy)
+    report["privacy"]["low_budget"] = low_budget_sites(history)
     report["governance"] = governance_report(history)
     report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))
     return report

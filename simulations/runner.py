@@ -29,6 +29,8 @@ from aidmp.governance.policy import load_policy
 from aidmp.governance.scenarios import parse_scenario
 from aidmp.privacy.he.keys import key_file_for, load_context
 from aidmp.privacy.he.state import EncryptedGlobal, unflatten_state
+from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
+from aidmp.server.budget_watch import LOW_BUDGET_SHARE, describe
 from aidmp.server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
 from aidmp.server.federation import run_federation
 from aidmp.server.report import REPORT_NAME
@@ -36,6 +38,8 @@ from aidmp.simulations.baseline import centralized_baseline
 from aidmp.simulations.plots import plot_metrics
 from aidmp.tasks import get_task, load_dataset
 from aidmp.tasks.partition import parse_partition, partition_indices
+
+log = logging.getLogger("aidmp.simulations")
 
 SUMMARY_NAME = "summary.json"
 PLOT_NAME = "metrics.png"
@@ -71,6 +75,8 @@ def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
     if cfg.resume:  # a mismatched checkpoint fails here, before Ray starts
         ckpt_path = Path(cfg.out_dir) / CHECKPOINT_NAME
         check_resumable(load_checkpoint(ckpt_path), ckpt_path, cfg.to_flower())
+    if cfg.dp:
+        _warn_low_budgets(cfg, institutions)
     # Wait for the whole (simulated) federation before round 1.
     return cfg.model_copy(
         update={
@@ -79,6 +85,27 @@ def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
             "min_nodes": min(cfg.min_nodes, institutions),
         }
     )
+
+
+def _warn_low_budgets(cfg: RunConfig, institutions: int) -> None:
+    """Before the job starts: the researcher holds every simulated institution's ledger,
+    so a nearly spent one (a second run in the same --out) is named now, not after a
+    round of noise (server/budget_watch.py says the same from a site's first reply)."""
+    root = Path(cfg.state_root) if cfg.state_root else Path(cfg.out_dir) / "institutions"
+    for i in range(institutions):
+        path = root / f"institution-{i}" / LEDGER_NAME
+        if not path.is_file():
+            continue
+        try:
+            ledger = PrivacyLedger.load(path)
+            spent, budget = ledger.spent(), ledger.budget
+        except AidmpError:
+            continue  # the institution itself declines it, with the reason, in round 1
+        if budget > 0 and (budget - spent) / budget < LOW_BUDGET_SHARE:
+            site = {"institution": f"institution-{i}", "budget": budget,
+                    "left_at_start": max(budget - spent, 0.0)}  # fmt: skip
+            log.warning("low privacy budget: %s (ledgers from an earlier run in %s)",
+                        describe(site), root)  # fmt: skip
 
 
 BUNDLED_POLICIES = Path(__file__).parent / "policies"

@@ -211,6 +211,12 @@ def _node_start_args(p: argparse.ArgumentParser) -> None:
     dp = p.add_mutually_exclusive_group(required=True)
     dp.add_argument("--dp-epsilon", type=float, help="this site's DP budget (DP-SGD on)")
     dp.add_argument("--no-dp", action="store_true", help="train without DP (no budget kept)")
+    p.add_argument(
+        "--dp-max-noise-multiplier",
+        type=float,
+        help="decline a round (code 102) whose noise multiplier would exceed this: what a "
+        "nearly spent budget buys is mostly noise (default 10)",
+    )
     p.add_argument("--max-retries", type=int, help="give up after N failed connections")
     p.add_argument("--max-wait-time", type=float, help="give up after S seconds of retrying")
 
@@ -226,6 +232,7 @@ def _run_node_start(args: argparse.Namespace) -> int:
         data=Path(args.data), policy=Path(args.policy), state_dir=Path(args.ledger),
         keys=Path(args.keys) if args.keys else None,
         name=args.name or Path(args.ledger).resolve().name, dp_epsilon=args.dp_epsilon,
+        max_noise_multiplier=args.dp_max_noise_multiplier,
     )  # fmt: skip
     cmd = supernode_command(
         superlink=args.superlink, config=config,
