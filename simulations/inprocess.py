@@ -96,13 +96,16 @@ class InProcessGrid(Grid):
         if num_nodes < 1:
             raise ValueError("an in-process federation needs at least one node")
         if client_app is None:
-            from aidmp.client.app import app as client_app  # the real one, mods and all
-        self.client_app = client_app
+            from aidmp.client.app import app  # the real one, mods and all
+
+            client_app = app
+        self.client_app: ClientApp = client_app
         # Flower's ids are random 64-bit integers; ours too, so no code can mistake a
         # node id for a partition id. `secrets`, not `random`: the round loop seeds
         # Python's `random` for Flower's sampling, and the grid must not disturb it.
         self._run = Run.create_empty(run_id if run_id is not None else secrets.randbits(63))
-        self._run.primary_task_id = secrets.randbits(63) or 1
+        self._task_id = secrets.randbits(63) or 1
+        self._run.primary_task_id = self._task_id
         self._contexts: dict[int, Context] = {}
         for index in range(num_nodes):
             node_id = 0
@@ -200,7 +203,7 @@ class InProcessGrid(Grid):
         self._set_identity(SUPERLINK_NODE_ID)
 
     def _set_identity(self, node_id: int) -> None:
-        TaskIdentity.task_id = self._run.primary_task_id
+        TaskIdentity.task_id = self._task_id
         TaskIdentity.run_id = self._run.run_id
         TaskIdentity.node_id = node_id
 
