@@ -82,7 +82,7 @@ class Hyper(TypedDict):
     epochs: int
     batch_size: int
     learning_rate: float
-    seed: int
+    seed: int | None
     proximal_mu: float
 
 
@@ -161,7 +161,9 @@ def train(msg: Message, context: Context) -> Message:
         loss = task.train(model, data.x_train, data.y_train, **hyper)
     else:
         # Where a budget is charged: privacy/node_round.py, before and after DP-SGD.
-        hyper["seed"] = release_seed(hyper["seed"], own_data=has_own_data(context.node_config))
+        hyper["seed"] = release_seed(
+            _round_seed(config, context), own_data=has_own_data(context.node_config)
+        )
         loss, spend = train_private_round(
             model,
             data,

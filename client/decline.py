@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from flwr.app import Error, Message
+from flwr.app import Context, Error, Message
 
 from aidmp.client.data import institution_name
 from aidmp.errors import AidmpError, PrivacyError
@@ -55,14 +55,14 @@ def public_reason(exc: AidmpError, node_config: Mapping[str, object]) -> str:
     return scrub(text, node_config)
 
 
-def decline(msg: Message, context, code: int, reason: str) -> Message:  # type: ignore[no-untyped-def]
+def decline(msg: Message, context: Context, code: int, reason: str) -> Message:
     """The error reply, its reason prefixed with the node's name and scrubbed."""
     name = institution_name(context.node_config, context.node_id)
     reason = scrub(reason, context.node_config)
     return Message(Error(code=code, reason=f"[{name}] {reason}"), reply_to=msg)
 
 
-def decline_for(msg: Message, context, exc: AidmpError) -> Message:  # type: ignore[no-untyped-def]
+def decline_for(msg: Message, context: Context, exc: AidmpError) -> Message:
     """Decline with `exc`'s code and its public reason; the full message goes to the log."""
     name = institution_name(context.node_config, context.node_id)
     log.warning("[%s] declined (code %s): %s", name, exc.decline_code, exc)

@@ -228,7 +228,7 @@ def train_dp(
         grad_sample_mode = "linear" if fast_dp.supports(model) else "hooks"
     if grad_sample_mode == "linear":
         return fast_dp.train_dp_linear(
-            model,  # type: ignore[arg-type]
+            model,
             x,
             y,
             epochs=epochs,

@@ -30,7 +30,7 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -56,6 +56,14 @@ REGISTRY_NAME = "trained.json"
 ADMIN_LOG_NAME = "ledger-admin.log"
 LOCK_NAME = "ledger.lock"
 RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
+# What a release was, entry by entry ("release_kind"; an entry without one is training's):
+# a trained update, or a node's evaluation figures (privacy/metrics.py). Each kind counts
+# its own releases of a round.
+TRAINING = "training"
+METRICS = "metrics"
+# A ledger keyed to its data source (client/data.py `dataset_id`) says so. One without
+# it is older: keyed to a fingerprint of the rows it trained on, after governance.
+KEYED_TO_SOURCE = "data-source"
 # The PLD's grid of privacy-loss values, refined until ε stops moving. A fixed grid
 # is either slow (a fine one where the loss is wide: small σ) or loose (a coarse one
 # where many steps each lose little: 30,000 steps of σ 4 give ε 1.94 on a 1e-2 grid,
@@ -162,7 +170,7 @@ def event_of(entry: dict[str, Any]) -> Event:
     raise PrivacyError(f"ledger entry of unknown mechanism {mechanism!r}; upgrade aidmp")
 
 
-def _grouped(events: list[Event]) -> list[Charge]:
+def _grouped(events: Sequence[Event]) -> list[Charge]:
     """The same mechanisms, each (σ, q) once with its steps summed, in a fixed order.
 
     Composing a mechanism s₁ times and then s₂ times is composing it s₁ + s₂ times, so
@@ -197,7 +205,7 @@ def _pld_of(charge: Charge, discretization: float) -> pld.PrivacyLossDistributio
     ).self_compose(charge.steps)
 
 
-def pld_of(events: list[Event], discretization: float) -> pld.PrivacyLossDistribution | None:
+def pld_of(events: Sequence[Event], discretization: float) -> pld.PrivacyLossDistribution | None:
     """The privacy loss distribution of all `events` composed; None if there are none."""
     composed = None
     for charge in _grouped(events):
@@ -294,20 +302,27 @@ class PrivacyLedger:
         delta: float,
         accountant: Accountant = DEFAULT_ACCOUNTANT,
     ) -> PrivacyLedger:
-        """Open the ledger in `folder` for `dataset` (a fingerprint), creating it only if
-        this node has never trained on that dataset. `accountant` is a new ledger's; an
-        existing one keeps its own until `use_accountant`."""
+        """Open the ledger in `folder` for `dataset` (the key of the node's data source,
+        client/data.py `dataset_id`), creating it only if this node has never trained on
+        that dataset. `accountant` is a new ledger's; an existing one keeps its own until
+        `use_accountant`. An older ledger, keyed to a fingerprint of its governed rows, is
+        moved to `dataset` (`rekey`)."""
         path = folder / LEDGER_NAME
         if path.exists():
             ledger = cls.load(path)
             if ledger.dataset != dataset:
+                if not ledger.keyed_to_source:
+                    ledger.rekey(dataset)
+                    _write_registry(folder, _read_registry(folder) | {dataset})
+                    return ledger
                 raise PrivacyError(
                     f"ledger {path} belongs to other data (dataset {ledger.dataset[:12]}…, "
                     f"this node's data is {dataset[:12]}…); give each dataset its own ledger "
-                    "folder"
+                    "folder (a data file that moved keeps its ledger if the node config names "
+                    "its dataset-id)"
                 )
             return ledger
-        if dataset in _read_registry(folder):
+        if dataset in _read_registry(folder) or _legacy_registry(folder):
             raise PrivacyError(
                 f"ledger {path} is missing, but this node has trained on dataset "
                 f"{dataset[:12]}… before ({folder / REGISTRY_NAME}); restore the ledger from a "
@@ -316,6 +331,7 @@ class PrivacyLedger:
         body = {
             "format": FORMAT_VERSION,
             "dataset": dataset,
+            "keyed_to": KEYED_TO_SOURCE,
             "accountant": accountant,
             "delta": delta,
             "budget_epsilon": budget_epsilon,
@@ -388,6 +404,15 @@ class PrivacyLedger:
     def accountant_changes(self) -> list[dict[str, Any]]:
         return list(self._body.get("accountant_changes", []))
 
+    @property
+    def keyed_to_source(self) -> bool:
+        """Whether `dataset` is the key of the data source (else an older fingerprint)."""
+        return self._body.get("keyed_to") == KEYED_TO_SOURCE
+
+    @property
+    def dataset_changes(self) -> list[dict[str, Any]]:
+        return list(self._body.get("dataset_changes", []))
+
     def spent(self, accountant: Accountant | None = None) -> float:
         """ε spent so far, by the ledger's accountant or another one."""
         return _epsilon(tuple(self.events), self.delta, accountant or self.accountant)
@@ -416,6 +441,24 @@ class PrivacyLedger:
         self._body["accountant"] = accountant
         self._save()
 
+    def rekey(self, dataset: str) -> None:
+        """Key an older ledger to its data source from now on, recorded in the ledger.
+
+        Older ledgers were keyed to a fingerprint of the rows a node trained on after
+        governance, so a policy edit or a new row opened a new ledger: a fresh budget for
+        the same people. The population is the node's data source, and the ledger in this
+        folder is the one it has been charging; so the ledger moves to the source's key,
+        with every entry it holds, and never starts afresh. (Had the folder's ledger come
+        from other data, this charges that data's budget too: more spend, never less.)
+        """
+        change = {"time": _now(), "from": self.dataset, "to": dataset,
+                  "entries": len(self._body["entries"]),
+                  "reason": "keyed to the data source, no longer to the governed rows"}  # fmt: skip
+        self._body["dataset_changes"] = [*self.dataset_changes, change]
+        self._body["dataset"] = dataset
+        self._body["keyed_to"] = KEYED_TO_SOURCE
+        self._save()
+
     # --- spending ------------------------------------------------------------
     def check(self, charge: Event) -> float:
         """Raise BudgetExhausted if `charge` would go over budget; else the ε after it."""
@@ -427,12 +470,15 @@ class PrivacyLedger:
             )
         return after
 
-    def releases_of(self, job_id: str, round: int) -> int:
-        """How many updates this node has released for `round` of training job `job_id`."""
+    def releases_of(self, job_id: str, round: int, kind: str = TRAINING) -> int:
+        """How many releases of `kind` (updates, or evaluation figures) this node has made
+        for `round` of training job `job_id`."""
         return sum(
             1
             for e in self._body["entries"]
-            if e.get("job_id", e["run_id"]) == job_id and e["round"] == round
+            if e.get("job_id", e["run_id"]) == job_id
+            and e["round"] == round
+            and e.get("release_kind", TRAINING) == kind
         )
 
     def charge(
@@ -443,9 +489,10 @@ class PrivacyLedger:
         round: int,
         job_id: str | None = None,
         message_id: str = "",
+        kind: str = TRAINING,
     ) -> float:
-        """Record one release (a trained update about to leave, or a noised statistic);
-        returns ε spent so far.
+        """Record one release (a trained update about to leave, or a noised statistic, of
+        `kind`); returns ε spent so far.
 
         Written atomically, before the update is handed to Flower to send: an update
         never leaves uncharged, and one cut short by a crash stays charged. `job_id`
@@ -459,7 +506,8 @@ class PrivacyLedger:
                 "run_id": run_id,
                 "job_id": job_id,
                 "round": round,
-                "release": self.releases_of(job_id, round) + 1,
+                "release": self.releases_of(job_id, round, kind) + 1,
+                "release_kind": kind,
                 "message_id": message_id,
                 **charge.as_entry(),
                 "accountant": self.accountant,
@@ -479,10 +527,14 @@ class PrivacyLedger:
             events = self.events
         except (PrivacyError, KeyError, TypeError, ValueError) as exc:
             return [f"an entry does not name its mechanism in full: {exc!r}"]
-        releases: dict[tuple[str, int], int] = {}
+        releases: dict[tuple[str, int, str], int] = {}
         seen: dict[str, int] = {}
         for i, entry in enumerate(self._body["entries"]):
-            job = (entry.get("job_id", entry["run_id"]), entry["round"])
+            job = (
+                entry.get("job_id", entry["run_id"]),
+                entry["round"],
+                entry.get("release_kind", TRAINING),
+            )
             releases[job] = releases.get(job, 0) + 1
             if entry.get("release", 1) != releases[job]:
                 problems.append(
@@ -532,18 +584,46 @@ def _read_registry(folder: Path) -> set[str]:
 
 
 def _write_registry(folder: Path, datasets: set[str]) -> None:
-    atomic_write_json(folder / REGISTRY_NAME, {"datasets": sorted(datasets)})
+    atomic_write_json(
+        folder / REGISTRY_NAME, {"datasets": sorted(datasets), "keyed_to": KEYED_TO_SOURCE}
+    )
+
+
+def _legacy_registry(folder: Path) -> bool:
+    """A registry of datasets written before ledgers were keyed to their data source: its
+    fingerprints cannot be matched to a source key, so a missing ledger beside one is
+    treated as this data's (restore it, or reset)."""
+    path = folder / REGISTRY_NAME
+    if not path.exists() or not _read_registry(folder):
+        return False
+    return json.loads(path.read_text()).get("keyed_to") != KEYED_TO_SOURCE
 
 
 def reset_ledger(folder: Path, *, reason: str, who: str) -> Path | None:
-    """The explicit admin reset: set the old ledger aside, forget the dataset, log it."""
+    """The explicit admin reset: set the old ledger aside, forget the dataset, log it.
+
+    Under the ledger's lock, as a release is (`ledger_lock`): a node that opened the
+    ledger before the reset charges it before the reset sets it aside, and one that opens
+    it after finds the reset done. Without the lock, a charge in flight would write the
+    old ledger, with its charge, back over the reset.
+    """
     if not reason.strip():
         raise PrivacyError("a ledger reset needs a reason (--reason)")
+    with ledger_lock(folder):
+        return _reset(folder, reason=reason, who=who)
+
+
+def _reset(folder: Path, *, reason: str, who: str) -> Path | None:
     path = folder / LEDGER_NAME
     kept = None
     dataset = None
     if path.exists():
-        kept = path.with_name(f"ledger.reset-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json")
+        stamp = f"ledger.reset-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+        kept = path.with_name(f"{stamp}.json")
+        for n in range(2, 1000):  # two resets in one second: keep both
+            if not kept.exists():
+                break
+            kept = path.with_name(f"{stamp}-{n}.json")
         path.rename(kept)
         try:
             dataset = json.loads(kept.read_text())["body"]["dataset"]
