@@ -38,8 +38,6 @@ from typing import Any, ClassVar, Literal
 import dp_accounting
 import numpy as np
 from dp_accounting.pld import privacy_loss_distribution as pld
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.analysis import rdp as rdp_analysis
 
 from aidmp.atomic import atomic_write_json
 from aidmp.errors import DeclineCode, PrivacyError
@@ -55,7 +53,22 @@ LEDGER_NAME = "ledger.json"
 REGISTRY_NAME = "trained.json"
 ADMIN_LOG_NAME = "ledger-admin.log"
 LOCK_NAME = "ledger.lock"
-RDP_ORDERS = RDPAccountant.DEFAULT_ALPHAS
+
+
+def _opacus_rdp() -> Any:
+    """Opacus's RDP analysis. Imported on use: importing any part of Opacus loads all of
+    it (seconds), and a ledger under PLD, the default, needs none of it."""
+    from opacus.accountants.analysis import rdp
+
+    return rdp
+
+
+def _rdp_orders() -> list[float]:
+    from opacus.accountants import RDPAccountant
+
+    return list(RDPAccountant.DEFAULT_ALPHAS)
+
+
 # What a release was, entry by entry ("release_kind"; an entry without one is training's):
 # a trained update, or a node's evaluation figures (privacy/metrics.py). Each kind counts
 # its own releases of a round.
@@ -189,8 +202,8 @@ def _grouped(events: Sequence[Event]) -> list[Charge]:
 @functools.lru_cache(maxsize=1024)
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     # The costly part of RDP accounting (0.5 s for a large q); linear in steps.
-    return rdp_analysis.compute_rdp(
-        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDP_ORDERS
+    return _opacus_rdp().compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=_rdp_orders()
     )
 
 
@@ -267,9 +280,11 @@ def epsilon_of(
         return _pld_epsilon(charges, delta)
     if accountant == "rdp":
         rdp = sum(_rdp_per_step(c.noise_multiplier, c.sample_rate) * c.steps for c in charges)
-        eps, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
+        eps, _ = _opacus_rdp().get_privacy_spent(orders=_rdp_orders(), rdp=rdp, delta=delta)
         return float(eps)
     if accountant == "prv":
+        from opacus.accountants import PRVAccountant
+
         acct = PRVAccountant()
         acct.history = [c.as_tuple() for c in charges]
         return float(acct.get_epsilon(delta))

@@ -141,7 +141,9 @@ WRITER = """
 import sys
 from pathlib import Path
 from aidmp.privacy.ledger import Charge, PrivacyLedger
-ledger = PrivacyLedger.open(Path(sys.argv[1]), dataset="c" * 64, budget_epsilon=1e9, delta=1e-5)
+# RDP: this is about whole-file writes, and its ε takes milliseconds, so many land.
+ledger = PrivacyLedger.open(Path(sys.argv[1]), dataset="c" * 64, budget_epsilon=1e9, delta=1e-5,
+                            accountant="rdp")
 print("ready", flush=True)
 i = 0
 while True:
