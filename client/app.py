@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from aidmp.client.audit_trail import audit_mod
-from aidmp.client.data import dataset_id, institution_name, local_data, node_state_dir
+from aidmp.client.data import institution_name, ledger_key, local_data, node_state_dir
 from aidmp.client.decline import decline, decline_for, require_own_state_dir
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
@@ -168,7 +168,7 @@ def train(msg: Message, context: Context) -> Message:
             model,
             data,
             policy=policy,
-            dataset_id=dataset_id(config.task, data),
+            dataset_id=ledger_key(context.node_config, config),
             run_id=str(context.run_id),
             server_round=config.server_round,
             num_rounds=config.num_rounds,

@@ -61,8 +61,30 @@ def _fingerprint(task: str, data: LocalData) -> str:
 
 
 def dataset_id(task: str, data: LocalData) -> str:
-    """A fingerprint of the rows this node trains on: its privacy ledger is keyed by it."""
+    """A fingerprint of `data`'s training rows: a simulated institution's ledger key
+    (`ledger_key`), and what every ledger was keyed to before it was keyed to its source."""
     return _fingerprint(task, data)
+
+
+def ledger_key(node_config: Mapping[str, UserConfigValue], config: RoundConfig) -> str:
+    """The key of this node's privacy ledger: its data source, the population it protects.
+
+    The node config's own `dataset-id` if it names one (`aidmp node start --dataset-id`).
+    Else, for a node with its own data, the data file's resolved path and the task. Not a
+    hash of the file's content, nor of the rows governance lets through (the key before
+    this one): a policy edit or a row added to the file changes those, and a new key
+    opened a new ledger, a fresh budget for the same people. The file is where those
+    people's rows come from; a node whose file moves names its `dataset-id`. For a
+    simulated institution, its split of the task's rows before governance (task,
+    partition, seed and index are its population): the fingerprint of those rows, as
+    simulated ledgers have been keyed, so existing simulation folders keep their ledgers.
+    """
+    if "dataset-id" in node_config:
+        return str(node_config["dataset-id"])
+    if has_own_data(node_config):
+        source = f"{config.task}\0{Path(str(node_config['data'])).resolve()}"
+        return "source:" + hashlib.sha256(source.encode()).hexdigest()
+    return dataset_id(config.task, local_data(node_config, config))
 
 
 def node_state_dir(context: Any, state_root: str) -> Path | None:

@@ -65,9 +65,15 @@ def node_config(
     name: str,
     dp_epsilon: float | None,
     max_noise_multiplier: float | None = None,
+    dataset_id: str | None = None,
+    dp_metrics: str | None = None,
 ) -> str:
     """The `--node-config` string, after checking each file it names and that the state
-    folder can hold the ledger and the audit log. `dp_epsilon` None: --no-dp."""
+    folder can hold the ledger and the audit log. `dp_epsilon` None: --no-dp.
+    `dataset_id` names the data source its ledger is keyed to (default: the data file's
+    path and the task, client/data.py); `dp_metrics` is "noised" or "withheld"."""
+    if dataset_id is not None and not dataset_id.strip():
+        raise AidmpError("--dataset-id is empty; name the data source, or leave it out")
     if not data.is_file():
         raise AidmpError(f"no data file at {data}")
     load_policy(policy)  # a broken policy is named with its line, now
@@ -83,12 +89,16 @@ def node_config(
     }
     if keys is not None:
         parts["he-keys"] = _quoted(str(keys.resolve()))
+    if dataset_id is not None:
+        parts["dataset-id"] = _quoted(dataset_id.strip())
     # The DP choice is always stated: a node with its own data that states none declines
     # every round (privacy/policy.py), and no run config can make the choice for it.
     if dp_epsilon is not None:
         parts |= {"dp": "true", "dp-epsilon": str(dp_epsilon)}
         if max_noise_multiplier is not None:
             parts["dp-max-noise-multiplier"] = str(float(max_noise_multiplier))
+        if dp_metrics is not None:
+            parts["dp-metrics"] = _quoted(dp_metrics)
     else:
         parts["dp"] = "false"
     return " ".join(f"{k}={v}" for k, v in parts.items())

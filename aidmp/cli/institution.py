@@ -60,6 +60,8 @@ def _run_ledger(args: argparse.Namespace) -> int:
             # A round of a job released again (a coordinator restarted mid-round) is
             # charged again, and marked here; so is a release other than DP-SGD's.
             again = f"  release {e['release']}" if e.get("release", 1) > 1 else ""
+            if e.get("release_kind", "training") != "training":  # evaluation figures
+                again += f"  {e['release_kind']}"
             event = event_of(e)
             if isinstance(event, GaussianRelease):  # as σ = std / sensitivity, q = 1
                 again += f"  {event.mechanism}, sensitivity {event.sensitivity:g}"
@@ -68,6 +70,11 @@ def _run_ledger(args: argparse.Namespace) -> int:
                 f"  {e.get('job_id', e['run_id']):>20} {e['run_id']:>20} {e['round']:>5} "
                 f"{event.noise_multiplier:8.4f} {event.sample_rate:8.5f} {event.steps:6d} "
                 f"{e['epsilon_after']:9.4f}{again}"
+            )
+        for change in ledger.dataset_changes:
+            print(
+                f"  dataset {change['from'][:16]}… -> {change['to'][:16]}… at {change['time']} "
+                f"after {change['entries']} entries: {change['reason']}"
             )
         for change in ledger.accountant_changes:
             print(
@@ -217,6 +224,17 @@ def _node_start_args(p: argparse.ArgumentParser) -> None:
         help="decline a round (code 102) whose noise multiplier would exceed this: what a "
         "nearly spent budget buys is mostly noise (default 10)",
     )
+    p.add_argument(
+        "--dp-metrics",
+        choices=("noised", "withheld"),
+        help="under DP, the evaluation figures of the validation rows: noised and charged "
+        "to the ledger (default), or never sent",
+    )
+    p.add_argument(
+        "--dataset-id",
+        help="the data source this node's ledger is keyed to (default: the data file's path "
+        "and the task); keep it when the file moves, so the budget stays the same",
+    )
     p.add_argument("--max-retries", type=int, help="give up after N failed connections")
     p.add_argument("--max-wait-time", type=float, help="give up after S seconds of retrying")
 
@@ -232,7 +250,8 @@ def _run_node_start(args: argparse.Namespace) -> int:
         data=Path(args.data), policy=Path(args.policy), state_dir=Path(args.ledger),
         keys=Path(args.keys) if args.keys else None,
         name=args.name or Path(args.ledger).resolve().name, dp_epsilon=args.dp_epsilon,
-        max_noise_multiplier=args.dp_max_noise_multiplier,
+        max_noise_multiplier=args.dp_max_noise_multiplier, dataset_id=args.dataset_id,
+        dp_metrics=args.dp_metrics,
     )  # fmt: skip
     cmd = supernode_command(
         superlink=args.superlink, config=config,

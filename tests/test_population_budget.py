@@ -1,0 +1,217 @@
+"""One budget per population (DESIGN.md, "Differential privacy"): the ledger is keyed to the
+institution's data source, an admin reset is serialized with the releases, and every
+release from private rows, the evaluation figures included, is charged to it."""
+
+import contextlib
+import hashlib
+import json
+import threading
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+
+from aidmp.client.app import app
+from aidmp.client.data import dataset_id, ledger_key, simulated_institution
+from aidmp.config import RunConfig
+from aidmp.errors import PrivacyError
+from aidmp.privacy.ledger import (
+    KEYED_TO_SOURCE,
+    LEDGER_NAME,
+    REGISTRY_NAME,
+    Charge,
+    PrivacyLedger,
+    reset_ledger,
+)
+from aidmp.round_config import RoundConfig
+from aidmp.server.federation import round_config_for
+from aidmp.simulations.runner import bundled_policy
+from aidmp.tasks import get_task
+
+# --- a node with its own data: real UCI Adult rows, the bundled policy ---------------
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("site")
+    rows = get_task("adult").raw_train().iloc[:800].copy()
+    rows["consent"] = ["no"] * 100 + ["yes"] * 700  # the first hundred have not consented
+    rows.to_csv(folder / "rows.csv", index=False)
+    policy = bundled_policy("adult").read_text()
+    (folder / "policy.yaml").write_text(policy)
+    # The admin's edit: the hundred now count as consented (a new consent form), so the
+    # governed rows are others; the people, the file's, are the same.
+    edited = policy.replace('accepted: ["yes"]', 'accepted: ["yes", "no"]')
+    assert edited != policy
+    (folder / "policy-edited.yaml").write_text(edited)
+    return folder
+
+
+def _node(site, state, policy="policy.yaml", **extra):
+    return {
+        "name": "hospital-a",
+        "data": str(site / "rows.csv"),
+        "policy": str(site / policy),
+        "state-dir": str(state),
+        "dp": True,
+        "dp-epsilon": 3.0,
+    } | extra
+
+
+def _message(site, kind, rnd, num_rounds=3, **cfg):
+    run = RunConfig(**({"task": "adult", "out_dir": str(site / "run"), "num_rounds": num_rounds}
+                       | cfg))  # fmt: skip
+    torch.manual_seed(0)
+    model = get_task("adult").build_model()
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": round_config_for(run, rnd, "job")}
+    )
+    return Message(content, dst_node_id=4, message_type=kind)
+
+
+def _call(msg, node_config, run_id=9):
+    context = Context(run_id=run_id, node_id=4, node_config=node_config, state=RecordDict(),
+                      run_config={})  # fmt: skip
+    return app(msg, context)  # the whole ClientApp: the audit trail included
+
+
+def _ok(reply):
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    return reply
+
+
+def test_a_policy_edit_keeps_charging_the_same_ledger(site, tmp_path):
+    _ok(_call(_message(site, "train", 1), _node(site, tmp_path)))
+    before = PrivacyLedger.load(tmp_path / LEDGER_NAME)
+    # Another policy file, other governed rows, the same data file: the same ledger.
+    reply = _ok(_call(_message(site, "train", 2), _node(site, tmp_path, "policy-edited.yaml")))
+    after = PrivacyLedger.load(tmp_path / LEDGER_NAME)
+    assert after.dataset == before.dataset and after.keyed_to_source
+    assert [e["round"] for e in after.entries if e["release_kind"] == "training"] == [1, 2]
+    assert reply.content["node"]["epsilon-spent"] == pytest.approx(after.spent())
+    assert after.verify() == []
+
+
+def test_the_key_is_the_source_not_its_content_and_a_node_may_name_it(site, tmp_path):
+    cfg = RoundConfig.from_record(round_config_for(RunConfig(task="adult"), 1))
+    node = _node(site, tmp_path)
+    key = ledger_key(node, cfg)
+    assert key.startswith("source:") and str(site) not in key  # no local path in it
+    assert ledger_key(node | {"policy": "elsewhere.yaml"}, cfg) == key
+    other_task = RoundConfig.from_record(round_config_for(RunConfig(task="mnist"), 1))
+    assert ledger_key(node, other_task) != key
+    assert ledger_key(node | {"dataset-id": "admissions-2019"}, cfg) == "admissions-2019"
+
+
+def test_a_simulated_institutions_key_is_what_it_was(tmp_path):
+    """No fresh budgets for existing simulation folders: the key is the fingerprint of
+    the institution's split, as before."""
+    run = RunConfig(task="breast-cancer", partition="iid", seed=4)
+    cfg = RoundConfig.from_record(round_config_for(run, 1))
+    node = {"partition-id": 1, "num-partitions": 3}
+    data = simulated_institution("breast-cancer", "iid", 4, 3, 1)
+    digest = hashlib.sha256(b"breast-cancer")
+    digest.update(data.x_train.tobytes())
+    digest.update(data.y_train.tobytes())
+    assert ledger_key(node, cfg) == dataset_id("breast-cancer", data) == digest.hexdigest()
+
+
+def _old_ledger(folder, dataset, entries=1):
+    """A ledger as nodes wrote it before it was keyed to the source: keyed to the governed
+    rows' fingerprint, no `keyed_to`, and a registry of fingerprints."""
+    ledger = PrivacyLedger.open(folder, dataset=dataset, budget_epsilon=3.0, delta=1e-5)
+    for i in range(entries):
+        ledger.charge(Charge(1.2, 0.05, 20), run_id="old", round=i + 1, message_id=f"old-{i}")
+    doc = json.loads((folder / LEDGER_NAME).read_text())
+    del doc["body"]["keyed_to"]
+    doc["sha256"] = hashlib.sha256(json.dumps(doc["body"], sort_keys=True).encode()).hexdigest()
+    (folder / LEDGER_NAME).write_text(json.dumps(doc))
+    (folder / REGISTRY_NAME).write_text(json.dumps({"datasets": [dataset]}))
+    return PrivacyLedger.load(folder / LEDGER_NAME)
+
+
+def test_an_old_fingerprint_ledger_moves_to_the_source_key_and_keeps_its_spend(site, tmp_path):
+    old = _old_ledger(tmp_path, "f" * 64, entries=2)
+    assert not old.keyed_to_source
+    _ok(_call(_message(site, "train", 1), _node(site, tmp_path)))
+    ledger = PrivacyLedger.load(tmp_path / LEDGER_NAME)
+    assert ledger.keyed_to_source and ledger.dataset.startswith("source:")
+    assert [e["run_id"] for e in ledger.entries][:2] == ["old", "old"]  # nothing forgotten
+    assert ledger.spent() > old.spent()
+    (change,) = ledger.dataset_changes
+    assert (change["from"], change["to"], change["entries"]) == ("f" * 64, ledger.dataset, 2)
+    assert ledger.verify() == []
+    registry = json.loads((tmp_path / REGISTRY_NAME).read_text())
+    assert ledger.dataset in registry["datasets"] and registry["keyed_to"] == KEYED_TO_SOURCE
+
+
+def test_a_ledger_keyed_to_another_source_is_still_refused(tmp_path):
+    PrivacyLedger.open(tmp_path, dataset="source:a", budget_epsilon=3.0, delta=1e-5)
+    with pytest.raises(PrivacyError, match="belongs to other data"):
+        PrivacyLedger.open(tmp_path, dataset="source:b", budget_epsilon=3.0, delta=1e-5)
+
+
+def test_a_deleted_old_ledger_is_not_a_fresh_budget_under_a_new_key(tmp_path):
+    _old_ledger(tmp_path, "f" * 64)
+    (tmp_path / LEDGER_NAME).unlink()
+    with pytest.raises(PrivacyError, match="missing, but this node has trained"):
+        PrivacyLedger.open(tmp_path, dataset="source:x", budget_epsilon=3.0, delta=1e-5)
+    reset_ledger(tmp_path, reason="test: ledger lost, data re-collected", who="admin")
+    assert PrivacyLedger.open(tmp_path, dataset="source:x", budget_epsilon=3.0, delta=1e-5)
+
+
+# --- an admin reset is serialized with the releases -------------------------------------
+
+
+def test_a_reset_during_a_charge_is_never_undone_by_it(tmp_path, monkeypatch):
+    """A release opens the ledger (under its lock), and while it trains an admin resets.
+    Without the lock the release would write the old ledger back, its charge with it, over
+    the reset. With it, the reset waits: the charge lands in the ledger it sets aside."""
+    import aidmp.privacy.node_round as node_round
+    from aidmp.privacy.policy import DPPolicy
+    from aidmp.tasks.base import LocalData
+
+    _old = PrivacyLedger.open(tmp_path, dataset="d" * 64, budget_epsilon=20.0, delta=1e-5)
+    _old.charge(Charge(1.5, 0.1, 10), run_id="earlier", round=1)
+    opened = threading.Barrier(2, timeout=5.0)
+    real_open = node_round.open_ledger
+
+    def open_then_wait(*args, **kwargs):
+        ledger = real_open(*args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            opened.wait()  # the admin starts the reset now, while this release trains
+        return ledger
+
+    monkeypatch.setattr(node_round, "open_ledger", open_then_wait)
+    data = get_task("breast-cancer").load()
+    local = LocalData(data.x_train[:200], data.y_train[:200], data.x_test, data.y_test)
+    policy = DPPolicy.model_validate(
+        {"dp-epsilon": 20.0, "dp-noise-multiplier": 1.5, "state_dir": tmp_path}
+    )
+
+    def release() -> None:
+        node_round.train_private_round(
+            get_task("breast-cancer").build_model(), local, policy=policy, dataset_id="d" * 64,
+            run_id="r", server_round=1, num_rounds=1, epochs=1, batch_size=32,
+            learning_rate=0.1, seed=0, job_id="job", message_id="m1",
+        )  # fmt: skip
+
+    kept = []
+
+    def admin() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            opened.wait()
+        kept.append(reset_ledger(tmp_path, reason="test: new study", who="admin"))
+
+    threads = [threading.Thread(target=release), threading.Thread(target=admin)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (aside,) = kept
+    # The reset stands, and the charge is in the ledger it set aside: nothing lost.
+    assert not (tmp_path / LEDGER_NAME).exists()
+    assert aside is not None
+    assert [e["message_id"] for e in PrivacyLedger.load(aside).entries] == ["", "m1"]
+    fresh = PrivacyLedger.open(tmp_path, dataset="d" * 64, budget_epsilon=20.0, delta=1e-5)
+    assert fresh.entries == []
