@@ -34,8 +34,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy -p aidmp.server -p aidmp.client -p aidmp.privacy -p aidmp.strategies \
-		-p aidmp.tasks -p aidmp.cli -m aidmp.config -m aidmp.round_config -m aidmp.errors \
-		-m aidmp.atomic -m aidmp.flower_tools
+		-p aidmp.tasks -p aidmp.analytics -p aidmp.cli -m aidmp.config -m aidmp.round_config \
+		-m aidmp.node_config -m aidmp.errors -m aidmp.atomic -m aidmp.flower_tools
 
 bench: setup
 	$(BIN)/python benchmarks/simulation_overhead.py
