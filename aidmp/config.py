@@ -65,6 +65,14 @@ class RunConfig(BaseModel):
     dp_accountant: Literal["pld", "rdp", "prv"] = Field(
         "pld", alias="dp-accountant", description="pld (tightest), rdp or prv"
     )
+    dp_metrics: Literal["noised", "withheld"] = Field(
+        "noised",
+        alias="dp-metrics",
+        description="under DP, evaluation figures noised and charged, or withheld",
+    )
+    dp_metrics_share: float = Field(
+        0.1, alias="dp-metrics-share", gt=0, lt=1, description="of the budget, for figures"
+    )
     # --- client-level DP (plaintext runs): nodes clip their update, the coordinator adds
     # noise to the mean (Flower's DifferentialPrivacyClientSideFixedClipping).
     client_dp: bool = Field(False, alias="client-dp")

@@ -36,7 +36,7 @@ CLIPPING_NORM_KEY = KEY_CLIPPING_NORM  # Flower's client-side fixed clipping (cl
 DP_FIELDS = frozenset(
     {
         "dp", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_noise_multiplier",
-        "dp_accountant", "dp_grad_sample_mode",
+        "dp_accountant", "dp_grad_sample_mode", "dp_metrics", "dp_metrics_share",
     }
 )  # fmt: skip
 
@@ -72,6 +72,8 @@ class RoundConfig(BaseModel):
     dp_max_grad_norm: float | None = Field(None, alias="dp-max-grad-norm")
     dp_noise_multiplier: float | None = Field(None, alias="dp-noise-multiplier")
     dp_accountant: str | None = Field(None, alias="dp-accountant")
+    dp_metrics: str | None = Field(None, alias="dp-metrics")
+    dp_metrics_share: float | None = Field(None, alias="dp-metrics-share")
     # Never sent by our coordinator; a node has always honoured it from a round config.
     dp_grad_sample_mode: str | None = Field(None, alias="dp-grad-sample-mode")
     # --- simulation only: a deployed node's own node config wins (''= not set) -------

@@ -22,6 +22,7 @@ from flwr.app import (
     Context,
     Message,
     MetricRecord,
+    MetricRecordValues,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
@@ -36,7 +37,13 @@ from aidmp.errors import AidmpError, DeclineCode, HeError, RoundConfigError
 from aidmp.node_config import has_own_data
 from aidmp.privacy.he.node import HeRound
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
-from aidmp.privacy.node_round import release_seed, train_private_round
+from aidmp.privacy.metrics import NoisyMetrics
+from aidmp.privacy.node_round import (
+    PrivacySpend,
+    release_private_metrics,
+    release_seed,
+    train_private_round,
+)
 from aidmp.privacy.policy import resolve_node_privacy
 from aidmp.round_config import RECORD_NAME, RoundConfig
 from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY
@@ -157,13 +164,19 @@ def train(msg: Message, context: Context) -> Message:
     policy = privacy.policy
     if privacy.refused:  # the run asked for settings this node does not take
         node["refused"] = "; ".join(privacy.refused)
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": len(data.y_train),
+        CLIENT_WEIGHT_KEY: 1,
+    }
     if policy is None:
-        loss = task.train(model, data.x_train, data.y_train, **hyper)
+        metrics["train-loss"] = task.train(model, data.x_train, data.y_train, **hyper)
     else:
         # Where a budget is charged: privacy/node_round.py, before and after DP-SGD.
         hyper["seed"] = release_seed(
             _round_seed(config, context), own_data=has_own_data(context.node_config)
         )
+        # The training loss of private rows is a release of its own, and the update
+        # needs none: under DP it stays here (the node's log has it).
         loss, spend = train_private_round(
             model,
             data,
@@ -176,15 +189,9 @@ def train(msg: Message, context: Context) -> Message:
             message_id=msg.metadata.message_id,
             **hyper,
         )
+        log.debug("[%s] round %d train-loss %.4f (kept here)", name, config.server_round, loss)
         node |= spend.as_record()
-    reply = RecordDict(
-        {
-            "metrics": MetricRecord(
-                {"num-examples": len(data.y_train), "train-loss": loss, CLIENT_WEIGHT_KEY: 1}
-            ),
-            "node": ConfigRecord(node),
-        }
-    )
+    reply = RecordDict({"metrics": MetricRecord(metrics), "node": ConfigRecord(node)})
     if governed is not None:  # aggregates only, small counts withheld (governance/report.py)
         reply["governance"] = ConfigRecord({k: v for k, v in governed.summary.items() if v != []})
     if he is None:
@@ -199,17 +206,46 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
+# The evaluation's noise is drawn apart from the same round's training noise.
+_EVALUATION_SEED_OFFSET = 500_000_003
+
+
 @app.evaluate()
 @_decline_on_error
 def evaluate(msg: Message, context: Context) -> Message:
-    _, task, data, model, _, _ = _setup(msg, context)
-    loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
-    metrics = MetricRecord(
-        {
-            "num-examples": len(data.y_val),
-            "eval-loss": loss,
-            "eval-accuracy": accuracy,
-            CLIENT_WEIGHT_KEY: 1,
-        }
-    )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    config, task, data, model, _, _ = _setup(msg, context)
+    name = institution_name(context.node_config, context.node_id)
+    policy = resolve_node_privacy(context.node_config, config, name).policy
+    metrics: dict[str, MetricRecordValues] = {"num-examples": len(data.y_val), CLIENT_WEIGHT_KEY: 1}
+    if policy is None:
+        loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
+        metrics |= {"eval-loss": loss, "eval-accuracy": accuracy}
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    # Under DP the figures are releases from private rows: noised and charged to the
+    # ledger before they leave (privacy/node_round.py), or withheld, by the node's policy.
+    node: dict[str, ConfigRecordValues] = {"institution": name}
+    if policy.metrics == "withheld":
+        released: tuple[NoisyMetrics, PrivacySpend] | str = "the node's policy withholds them"
+    else:
+        seed = _round_seed(config, context) + _EVALUATION_SEED_OFFSET
+        released = release_private_metrics(
+            model,
+            data,
+            policy=policy,
+            dataset_id=ledger_key(context.node_config, config),
+            run_id=str(context.run_id),
+            server_round=config.server_round,
+            num_rounds=config.num_rounds,
+            job_id=config.job_id or None,
+            message_id=msg.metadata.message_id,
+            seed=release_seed(seed, own_data=has_own_data(context.node_config)),
+        )
+    if isinstance(released, str):
+        log.info("[%s] round %d: evaluation figures withheld: %s", name,
+                 config.server_round, released)  # fmt: skip
+    else:
+        figures, spend = released
+        metrics |= figures.as_metrics()
+        node |= spend.as_record()
+    content = RecordDict({"metrics": MetricRecord(metrics), "node": ConfigRecord(node)})
+    return Message(content, reply_to=msg)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aidmp.errors import PrivacyError, describe_validation_error
 from aidmp.node_config import has_own_data
 from aidmp.privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES, MAX_NOISE_MULTIPLIER
+from aidmp.privacy.metrics import DEFAULT_SHARE
 from aidmp.round_config import RoundConfig
 
 log = logging.getLogger("aidmp.privacy")
@@ -34,7 +35,7 @@ log = logging.getLogger("aidmp.privacy")
 POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
     "dp-max-noise-multiplier",
-    "dp-accountant", "dp-grad-sample-mode", "dp-rounds",
+    "dp-accountant", "dp-grad-sample-mode", "dp-rounds", "dp-metrics", "dp-metrics-share",
 )  # fmt: skip
 
 
@@ -52,6 +53,11 @@ class DPPolicy(BaseModel):
     )
     accountant: Literal["pld", "rdp", "prv"] = Field("pld", alias="dp-accountant")
     grad_sample_mode: str = Field(DEFAULT_GRAD_SAMPLE_MODE, alias="dp-grad-sample-mode")
+    # The evaluation figures of the validation rows are releases too (privacy/metrics.py):
+    # noised and charged, planned to cost `metrics_share` of the budget a run starts
+    # with, or never sent.
+    metrics: Literal["noised", "withheld"] = Field("noised", alias="dp-metrics")
+    metrics_share: float = Field(DEFAULT_SHARE, alias="dp-metrics-share", gt=0, lt=1)
     state_dir: Path
 
 

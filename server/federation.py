@@ -41,6 +41,14 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _fmt_noisy(value: float | None, std: float | None) -> str:
+    """A figure, with its noise std when nodes sent it noisy (under DP): "0.8412 ± 0.0100
+    (DP)"; an exact one as `_fmt` writes it."""
+    if value is None or std is None:
+        return _fmt(value)
+    return f"{value:.4f} ± {std:.4f} (DP)"
+
+
 def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
     failed = len(rec.train_failures)
     governance = ""
@@ -50,9 +58,12 @@ def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
             for name, g in sorted(rec.governance.items())
         )
     privacy = ""
-    if rec.privacy:
+    # Training's spend, then the round's evaluation figures' (charged after it) over it.
+    spent = {name: p["epsilon-spent"] for name, p in rec.privacy.items()}
+    spent |= {name: p["epsilon-spent"] for name, p in rec.metrics_privacy.items()}
+    if spent:
         privacy = "\n    eps spent: " + ", ".join(
-            f"{name} {p['epsilon-spent']:.2f}" for name, p in sorted(rec.privacy.items())
+            f"{name} {eps:.2f}" for name, eps in sorted(spent.items())
         )
     declined = "".join(
         f"\n    declined: {f['institution']}: {f['reason']}" for f in rec.train_failures
@@ -62,9 +73,12 @@ def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
         for name, asked in sorted(rec.refused.items())
     )
     return (
-        f"round {rec.round:>3}/{num_rounds}  acc {_fmt(rec.accuracy)}  loss {_fmt(rec.loss)}"
-        f"  fed-acc {_fmt(rec.federated_accuracy)}  train-loss {_fmt(rec.train_loss)}"
-        f"  nodes {rec.train_replies}/{rec.train_replies + failed}"
+        f"round {rec.round:>3}/{num_rounds}  acc {_fmt_noisy(rec.accuracy, rec.accuracy_std)}"
+        f"  loss {_fmt_noisy(rec.loss, rec.loss_std)}"
+        f"  fed-acc {_fmt_noisy(rec.federated_accuracy, rec.federated_accuracy_std)}"
+        f"  train-loss {_fmt(rec.train_loss)}"
+        + (f"  (figures withheld by {rec.eval_withheld})" if rec.eval_withheld else "")
+        + f"  nodes {rec.train_replies}/{rec.train_replies + failed}"
         f"  {rec.elapsed_s:5.1f}s (total {total_s:6.1f}s)"
         + ("" if rec.aggregated else "  [skipped: no usable replies]")
         + governance
@@ -108,6 +122,8 @@ def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord
         dp_max_grad_norm=cfg.dp_max_grad_norm,
         dp_noise_multiplier=cfg.dp_noise_multiplier,
         dp_accountant=cfg.dp_accountant,
+        dp_metrics=cfg.dp_metrics,
+        dp_metrics_share=cfg.dp_metrics_share,
         state_root=state_root,
         # Simulation only: the key ceremony's folder, so virtual nodes find their
         # secret context in it. A deployed node's own he-keys node config wins.

@@ -59,6 +59,10 @@ def build_report(
             "accuracy": last.get("accuracy"),
             "loss": last.get("loss"),
             "source": "central" if last.get("central_accuracy") is not None else "federated",
+            # The noise std of federated figures that nodes under DP sent noisy (None:
+            # exact); each round's are in per_round (federated_accuracy_std, ...).
+            "accuracy_std": last.get("accuracy_std"),
+            "loss_std": last.get("loss_std"),
         },
     }
 
@@ -131,7 +135,9 @@ def _privacy_report(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, 
     latest: dict[str, float] = {}
     deltas: set[float] = set()
     for rec in history:
-        for name, spend in rec.get("privacy", {}).items():
+        # A round's evaluation figures are charged after its training (privacy/metrics.py).
+        spends = [*rec.get("privacy", {}).items(), *rec.get("metrics_privacy", {}).items()]
+        for name, spend in spends:
             latest[name] = spend["epsilon-spent"]
             deltas.add(spend["delta"])
     declined = [

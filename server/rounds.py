@@ -8,6 +8,8 @@ that checkpoints it and prints progress.
 
 from __future__ import annotations
 
+import copy
+import math
 import random
 import re
 import time
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from logging import getLogger
 from typing import Protocol, runtime_checkable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
@@ -35,10 +37,17 @@ class RoundRecord:
     round: int
     train_replies: int = 0
     train_failures: list[dict[str, object]] = field(default_factory=list)
-    train_loss: float | None = None
+    train_loss: float | None = None  # from nodes without DP only: under DP it stays there
     eval_replies: int = 0
     federated_loss: float | None = None
     federated_accuracy: float | None = None
+    # The noise std of each federated figure: under DP a node's figures are noisy
+    # (privacy/metrics.py), None when every one that went into it was exact.
+    federated_loss_std: float | None = None
+    federated_accuracy_std: float | None = None
+    eval_withheld: int = 0  # replies without figures (a node's DP policy or budget)
+    # institution -> the spend of its evaluation figures, as `privacy` holds training's
+    metrics_privacy: dict[str, dict[str, float]] = field(default_factory=dict)
     central_loss: float | None = None
     central_accuracy: float | None = None
     privacy: dict[str, dict[str, float]] = field(default_factory=dict)  # institution -> spend
@@ -61,8 +70,22 @@ class RoundRecord:
     def loss(self) -> float | None:
         return self.central_loss if self.central_loss is not None else self.federated_loss
 
+    @property
+    def accuracy_std(self) -> float | None:
+        """The headline accuracy's noise std: None if exact (central, or no DP figures)."""
+        return None if self.central_accuracy is not None else self.federated_accuracy_std
+
+    @property
+    def loss_std(self) -> float | None:
+        return None if self.central_loss is not None else self.federated_loss_std
+
     def as_dict(self) -> dict[str, object]:
-        return asdict(self) | {"accuracy": self.accuracy, "loss": self.loss}
+        return asdict(self) | {
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "accuracy_std": self.accuracy_std,
+            "loss_std": self.loss_std,
+        }
 
 
 _NAMED_REASON = re.compile(r"^\[(?P<name>[^\]]+)\] (?P<reason>.*)$", re.DOTALL)
@@ -193,8 +216,9 @@ def _train_incrementally(
     record: RoundRecord,
     names: dict[int, str],
     min_replies: int,
-) -> tuple[ArrayRecord | None, MetricRecord | None]:
-    """Fold replies into the strategy one at a time; record declines and rejections."""
+) -> tuple[ArrayRecord | None, list[Message]]:
+    """Fold replies into the strategy one at a time; record declines and rejections.
+    Returns the new global arrays (None: not aggregated) and the replies."""
     strategy.begin_train(rnd)
     messages, replies = list(messages), []
     for reply in stream_replies(grid, messages, timeout):
@@ -217,8 +241,8 @@ def _train_incrementally(
     record.train_failures += _silent(messages, replies, timeout, names)
     record.he_bytes_received = strategy.bytes_received
     if record.train_replies < min_replies:
-        return None, None  # the running sum is dropped; begin_train starts afresh
-    return strategy.finish_train(rnd)
+        return None, replies  # the running sum is dropped; begin_train starts afresh
+    return strategy.finish_train(rnd)[0], replies
 
 
 def _governance(replies: Iterable[Message]) -> dict[str, dict[str, object]]:
@@ -258,9 +282,85 @@ def _expiring(messages: Iterable[Message], ttl: float) -> list[Message]:
     return out
 
 
-def _metric(metrics: MetricRecord | None, key: str) -> float | None:
-    value = None if metrics is None else metrics.get(key)
-    return float(value) if isinstance(value, int | float) else None  # not a list metric
+# A figure a node sends noisy (under DP, privacy/metrics.py) has its noise std beside it.
+STD_SUFFIX = "-std"
+
+
+def _number(value: object) -> float | None:
+    """A one-number metric as a float (None: absent, or a list metric)."""
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _weight_key(strategy: object) -> str:
+    inner = getattr(strategy, "strategy", strategy)  # client-level DP wraps the strategy
+    return str(getattr(inner, "weighted_by_key", "num-examples"))
+
+
+def _reply_metrics(reply: Message) -> MetricRecord | None:
+    if reply.has_error():
+        return None
+    return next(iter(reply.content.metric_records.values()), None)
+
+
+def federated_figure(
+    replies: Iterable[Message], key: str, weight_key: str
+) -> tuple[float | None, float | None]:
+    """The weighted mean of `key` over the replies that carry it, and its noise std.
+
+    The coordinator computes it itself, not the strategy's metric averaging: a node under
+    DP sends its figures noisy, with each one's noise std (`key`-std), or withholds them,
+    and FedAvg would average the stds as figures, or refuse replies whose keys differ.
+    Each reply weighs as the strategy weighs it (`weight_key`); with independent noises,
+    the mean's std is √(Σ (wᵢ sᵢ)²) / Σ wᵢ. The std is None when every figure was exact.
+    """
+    total = weights = variance = 0.0
+    noisy = False
+    for reply in replies:
+        metrics = _reply_metrics(reply)
+        if metrics is None:
+            continue
+        value, w, std = (_number(metrics.get(k)) for k in (key, weight_key, key + STD_SUFFIX))
+        if value is None or w is None or w <= 0:
+            continue
+        total += w * value
+        weights += w
+        if std is not None:
+            variance += (w * std) ** 2
+            noisy = True
+    if weights == 0:
+        return None, None
+    return total / weights, (math.sqrt(variance) / weights if noisy else None)
+
+
+def _consistent(replies: list[Message]) -> list[Message]:
+    """The replies as Flower's strategies take them: every MetricRecord with the same keys.
+
+    A federation may mix nodes under DP, whose replies carry no training loss, with nodes
+    without it; Flower's FedAvg refuses to aggregate replies whose metric keys differ. The
+    coordinator reads the figures itself (`federated_figure`), so the strategy gets only
+    the keys every reply has (its weight among them); a reply is copied, never changed.
+    """
+    records = [m for m in (_reply_metrics(r) for r in replies) if m is not None]
+    if not records:
+        return replies
+    shared = set.intersection(*(set(m) for m in records))
+    out = []
+    for reply in replies:
+        metrics = _reply_metrics(reply)
+        if metrics is None or set(metrics) == shared:
+            out.append(reply)
+            continue
+        trimmed = copy.copy(reply)
+        trimmed.content = RecordDict(
+            {
+                name: MetricRecord({k: v for k, v in record.items() if k in shared})
+                if isinstance(record, MetricRecord)
+                else record
+                for name, record in reply.content.items()
+            }
+        )
+        out.append(trimmed)
+    return out
 
 
 def run_rounds(
@@ -286,6 +386,7 @@ def run_rounds(
     # one, and a mean of one update is that institution's update, to everyone who can
     # read the global model (every node, under HE).
     min_replies = max(1, _setting(strategy, "min_train_nodes"))
+    weight_key = _weight_key(strategy)
     for rnd in range(first_round, last_round + 1):
         started = time.monotonic()
         # Flower samples nodes with Python's `random`. Seeding per round makes a run
@@ -299,7 +400,7 @@ def run_rounds(
             strategy.configure_train(rnd, arrays, round_config(rnd), grid), timeout
         )
         if isinstance(strategy, IncrementalStrategy):
-            new_arrays, train_metrics = _train_incrementally(
+            new_arrays, replies = _train_incrementally(
                 grid, strategy, messages, rnd, timeout, record, names, min_replies
             )
         else:
@@ -311,10 +412,10 @@ def run_rounds(
             record.privacy = _privacy_spend(replies)
             record.refused = _refusals(replies)
             record.governance = _governance(replies)
-            new_arrays, train_metrics = None, None
+            new_arrays = None
             try:
                 if record.train_replies >= min_replies:
-                    new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+                    new_arrays, _ = strategy.aggregate_train(rnd, _consistent(replies))
             except InconsistentMessageReplies as exc:
                 log.warning("round %d: replies could not be aggregated (%s)", rnd, exc)
         if new_arrays is None:
@@ -329,7 +430,7 @@ def run_rounds(
             )
         else:
             arrays, record.aggregated = new_arrays, True
-        record.train_loss = _metric(train_metrics, "train-loss")
+            record.train_loss, _ = federated_figure(replies, "train-loss", weight_key)
 
         # --- federated evaluation on each institution's own validation rows ---
         eval_replies = list(
@@ -341,13 +442,17 @@ def run_rounds(
             )
         )
         record.eval_replies = sum(not m.has_error() for m in eval_replies)
-        try:
-            eval_metrics = strategy.aggregate_evaluate(rnd, eval_replies)
-        except InconsistentMessageReplies as exc:
-            log.warning("round %d: evaluation replies inconsistent (%s)", rnd, exc)
-            eval_metrics = None
-        record.federated_loss = _metric(eval_metrics, "eval-loss")
-        record.federated_accuracy = _metric(eval_metrics, "eval-accuracy")
+        # The coordinator's own weighted means (not the strategy's): see federated_figure.
+        record.federated_loss, record.federated_loss_std = federated_figure(
+            eval_replies, "eval-loss", weight_key
+        )
+        record.federated_accuracy, record.federated_accuracy_std = federated_figure(
+            eval_replies, "eval-accuracy", weight_key
+        )
+        record.eval_withheld = sum(
+            1 for m in eval_replies if (r := _reply_metrics(m)) is not None and "eval-loss" not in r
+        )
+        record.metrics_privacy = _privacy_spend(eval_replies)
 
         if isinstance(strategy, IncrementalStrategy):
             record.he_bytes_broadcast = strategy.bytes_broadcast

@@ -169,10 +169,16 @@ def federation(tmp_path):
 
 
 def _releases(state: Path) -> tuple[list[dict], list[dict]]:
-    """(ledger entries, audited train replies) of one site."""
+    """(ledger entries, audited replies that released something) of one site: each train
+    reply, and each evaluate reply whose figures were noised and charged under DP."""
     ledger = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
     audit = [json.loads(line) for line in (state / AUDIT_NAME).read_text().splitlines()]
-    return ledger, [r for r in audit if r["kind"] == "train-reply"]
+    return ledger, [
+        r
+        for r in audit
+        if r["kind"] == "train-reply"
+        or (r["kind"] == "evaluate-reply" and "release" in r["details"])
+    ]
 
 
 def _charged_exactly_once(state: Path) -> list[dict]:
@@ -186,6 +192,7 @@ def _charged_exactly_once(state: Path) -> list[dict]:
         assert record["epsilon_charged"] == pytest.approx(spent[i + 1] - spent[i])
         assert (record["round"], record["run"]) == (entry["round"], entry["run_id"])
         assert record["details"].get("release", 1) == entry["release"]
+        assert record["details"].get("release_kind", "training") == entry["release_kind"]
     return ledger
 
 
@@ -230,7 +237,10 @@ def test_tls_node_auth_three_nodes_he_dp_governance(federation):
     assert set(report["governance"]["by_institution"]) == {"site-0", "site-1", "site-2"}
     for i in range(3):
         ledger = _charged_exactly_once(fed.tmp / f"site-{i}" / "state")
-        assert [(e["round"], e["release"]) for e in ledger] == [(1, 1), (2, 1), (3, 1)]
+        # Each round's update, then its evaluation figures (noised and charged under DP).
+        assert [(e["round"], e["release_kind"], e["release"]) for e in ledger] == [
+            (r, kind, 1) for r in (1, 2, 3) for kind in ("training", "metrics")
+        ]
         assert {e["job_id"] for e in ledger} == {report["job_id"]}
 
 

@@ -65,7 +65,10 @@ def test_each_institution_reports_its_spend(run_with_one_spent_institution):
     assert all(2.9 < e <= 3.0 for e in spent.values())  # σ planned to use the budget
     for name in spent:
         ledger = PrivacyLedger.load(out / "institutions" / name / LEDGER_NAME)
-        assert [e["round"] for e in ledger.entries] == [1, 2]
+        # Each round: the update, then the evaluation figures (noised, charged).
+        assert [(e["round"], e["release_kind"]) for e in ledger.entries] == [
+            (1, "training"), (1, "metrics"), (2, "training"), (2, "metrics"),
+        ]  # fmt: skip
         assert ledger.spent() == pytest.approx(spent[name])
     assert "eps spent: institution-1" in result.stdout
 
@@ -76,7 +79,7 @@ def test_ledger_cli_shows_and_verifies(run_with_one_spent_institution):
     show = aidmp("ledger", "show", str(folder))
     assert show.returncode == 0 and "spent eps" in show.stdout
     verify = aidmp("ledger", "verify", str(folder / LEDGER_NAME))
-    assert verify.returncode == 0 and verify.stdout.startswith("ok: 2 entries")
+    assert verify.returncode == 0 and verify.stdout.startswith("ok: 4 entries")
 
 
 def test_a_second_federation_starts_from_what_the_first_spent(run_with_one_spent_institution):

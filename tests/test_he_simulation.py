@@ -23,7 +23,8 @@ from tests.recording import run_recorded
 
 INSTITUTIONS = 3
 # The only metrics and node fields a node may report (DESIGN.md, "what may cross the wire").
-ALLOWED_METRICS = {"num-examples", "train-loss", "client-weight", "eval-loss", "eval-accuracy"}
+ALLOWED_METRICS = {"num-examples", "train-loss", "client-weight", "eval-loss", "eval-accuracy",
+                   "eval-loss-std", "eval-accuracy-std"}  # fmt: skip
 ALLOWED_NODE_FIELDS = {"institution", "epsilon-spent", "epsilon-round", "delta", "budget-left",
                        "noise-multiplier", "release"}  # fmt: skip
 

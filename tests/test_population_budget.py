@@ -7,6 +7,7 @@ import hashlib
 import json
 import threading
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
@@ -215,3 +216,186 @@ def test_a_reset_during_a_charge_is_never_undone_by_it(tmp_path, monkeypatch):
     assert [e["message_id"] for e in PrivacyLedger.load(aside).entries] == ["", "m1"]
     fresh = PrivacyLedger.open(tmp_path, dataset="d" * 64, budget_epsilon=20.0, delta=1e-5)
     assert fresh.entries == []
+
+
+# --- under DP the evaluation figures are releases: noised, charged, or withheld ----------
+
+SIM = {"partition-id": 0, "num-partitions": 3}
+
+
+def _sim_message(tmp_path, kind, rnd, **cfg):
+    run = RunConfig(**({"task": "breast-cancer", "partition": "iid", "num_rounds": 3,
+                        "out_dir": str(tmp_path / "out")} | cfg))  # fmt: skip
+    torch.manual_seed(0)
+    model = get_task("breast-cancer").build_model()
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": round_config_for(run, rnd, "job")}
+    )
+    return Message(content, dst_node_id=4, message_type=kind)
+
+
+def _sim_ledger(tmp_path):
+    return PrivacyLedger.load(tmp_path / "out" / "institutions" / "institution-0" / LEDGER_NAME)
+
+
+def test_a_dp_nodes_train_reply_carries_no_training_loss(tmp_path):
+    reply = _ok(_call(_sim_message(tmp_path, "train", 1), SIM))
+    assert set(reply.content["metrics"]) == {"num-examples", "client-weight"}
+    # Flower's FedAvg still takes it: the weight is all it needs.
+    from flwr.serverapp.strategy import FedAvg
+
+    arrays, metrics = FedAvg().aggregate_train(1, [reply])
+    assert arrays is not None and metrics is not None
+    without_dp = _ok(_call(_sim_message(tmp_path, "train", 1, dp=False), SIM))
+    assert "train-loss" in without_dp.content["metrics"]  # no DP: as before
+
+
+def test_each_evaluation_is_one_gaussian_entry_with_its_message_and_audit(tmp_path):
+    from aidmp.privacy.audit import AUDIT_NAME, AuditLog
+    from aidmp.privacy.metrics import LOSS_BOUND
+
+    ids = []
+    for rnd in (1, 2):
+        msg = _sim_message(tmp_path, "evaluate", rnd)
+        reply = _ok(_call(msg, SIM))
+        ids.append(msg.metadata.message_id)
+        metrics, node = reply.content["metrics"], reply.content["node"]
+        n, sigma = metrics["num-examples"], node["noise-multiplier"]
+        assert metrics["eval-accuracy-std"] == pytest.approx(sigma / n)
+        assert metrics["eval-loss-std"] == pytest.approx(sigma * LOSS_BOUND / n)
+        assert node["epsilon-round"] > 0 and node["release"] == 1
+    entries = _sim_ledger(tmp_path).entries
+    assert [(e["mechanism"], e["release_kind"], e["round"]) for e in entries] == [
+        ("gaussian", "metrics", 1), ("gaussian", "metrics", 2),
+    ]  # fmt: skip
+    assert [e["message_id"] for e in entries] == ids
+    assert all((e["noise_std"], e["sensitivity"], e["count"]) == (sigma, 1.0, 2) for e in entries)
+    # The audit log names the same message, the ε it charged and the release kind.
+    audit = AuditLog(tmp_path / "out" / "institutions" / "institution-0" / AUDIT_NAME).records()
+    evaluated = [r for r in audit if r["kind"] == "evaluate-reply"]
+    assert [r["details"]["reply_to"] for r in evaluated] == ids
+    assert {r["details"]["release_kind"] for r in evaluated} == {"metrics"}
+    spent = [0.0] + [e["epsilon_after"] for e in entries]
+    assert [r["epsilon_charged"] for r in evaluated] == pytest.approx(
+        [b - a for a, b in zip(spent, spent[1:], strict=False)]
+    )
+    # A coordinator asking again for round 2 gets no second draw to average.
+    again = _ok(_call(_sim_message(tmp_path, "evaluate", 2), SIM))
+    assert "eval-accuracy" not in again.content["metrics"]
+    assert len(_sim_ledger(tmp_path).entries) == 2
+
+
+def test_the_figures_are_unbiased_with_the_stated_std():
+    from aidmp.privacy.metrics import noisy_metrics
+    from aidmp.privacy.noise import SecureRandom, SeededRandom
+
+    n, correct, loss_sum, sigma = 400, 300.0, 160.0, 50.0
+    for random in (SeededRandom(0), SecureRandom()):
+        draws = [noisy_metrics(correct, loss_sum, n, sigma, random) for _ in range(4000)]
+        acc = np.array([d.accuracy for d in draws])
+        loss = np.array([d.loss for d in draws])
+        stated = draws[0].accuracy_std
+        assert stated == sigma / n and draws[0].loss_std == sigma * 10.0 / n
+        assert acc.std() == pytest.approx(stated, rel=0.05)
+        assert loss.std() == pytest.approx(draws[0].loss_std, rel=0.05)
+        assert abs(acc.mean() - correct / n) < 4 * stated / np.sqrt(len(acc))
+        assert abs(loss.mean() - loss_sum / n) < 4 * draws[0].loss_std / np.sqrt(len(loss))
+        assert abs(np.corrcoef(acc, loss)[0, 1]) < 0.1  # two independent noises
+
+
+def test_the_noised_figures_are_the_exact_ones_plus_noise_of_that_std(tmp_path):
+    """Seeded (a simulated institution): the evaluation's exact figures, and the noised
+    ones a node sends, within a few stated stds and never equal."""
+    from aidmp.privacy.metrics import bounded_sums
+
+    metrics = _ok(_call(_sim_message(tmp_path, "evaluate", 1), SIM)).content["metrics"]
+    data = simulated_institution("breast-cancer", "iid", 0, 3, 0)
+    torch.manual_seed(0)  # the model _sim_message sent
+    correct, loss_sum = bounded_sums(get_task("breast-cancer").build_model(), data.x_val,
+                                     data.y_val)  # fmt: skip
+    n = len(data.y_val)
+    assert metrics["num-examples"] == n
+    for key, exact in (("eval-accuracy", correct / n), ("eval-loss", loss_sum / n)):
+        z = (metrics[key] - exact) / metrics[f"{key}-std"]
+        assert metrics[key] != exact and abs(z) < 5
+
+
+def _sigma_spending(shape, epsilon):
+    """The training σ with which one round of `shape` costs `epsilon` (of δ 1e-5)."""
+    from aidmp.privacy.ledger import epsilon_of
+
+    lo, hi = 0.3, 30.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if epsilon_of([shape.charge(mid)], 1e-5) > epsilon else (lo, mid)
+    return hi
+
+
+def test_a_node_that_cannot_afford_its_figures_withholds_them_and_still_replies(tmp_path):
+    """The plan leaves room for the figures; a node whose training σ is fixed (its
+    policy's dp-noise-multiplier) can spend the room on training, and then has none."""
+    from aidmp.privacy.dp import RoundShape
+
+    data = simulated_institution("breast-cancer", "iid", 0, 3, 0)
+    sigma = _sigma_spending(RoundShape.of(len(data.y_train), 64, 1), 2.999)
+    cfg = {"dp_noise_multiplier": sigma, "num_rounds": 1}
+    _ok(_call(_sim_message(tmp_path, "train", 1, **cfg), SIM))
+    before = _sim_ledger(tmp_path).entries
+    reply = _ok(_call(_sim_message(tmp_path, "evaluate", 1, **cfg), SIM))
+    assert set(reply.content["metrics"]) == {"num-examples", "client-weight"}
+    assert "epsilon-spent" not in reply.content["node"]
+    assert _sim_ledger(tmp_path).entries == before  # nothing charged
+    # Valid for Flower's FedAvg, and for the coordinator beside a node that did send.
+    from flwr.serverapp.strategy import FedAvg
+
+    from aidmp.server.rounds import federated_figure
+
+    assert FedAvg().aggregate_evaluate(1, [reply]) is not None
+    sent = _ok(_call(_sim_message(tmp_path / "other", "evaluate", 1), SIM))
+    value, std = federated_figure([reply, sent], "eval-accuracy", "num-examples")
+    assert value == sent.content["metrics"]["eval-accuracy"]
+    assert std == pytest.approx(sent.content["metrics"]["eval-accuracy-std"])
+
+
+def test_a_node_whose_policy_withholds_figures_sends_none_and_spends_nothing(tmp_path):
+    reply = _ok(_call(_sim_message(tmp_path, "evaluate", 1, dp_metrics="withheld"), SIM))
+    assert set(reply.content["metrics"]) == {"num-examples", "client-weight"}
+    assert not (tmp_path / "out" / "institutions" / "institution-0" / LEDGER_NAME).exists()
+
+
+def test_training_and_figures_of_a_whole_run_end_within_budget(tmp_path):
+    """σ is planned with the run's figures in: after every round's update and every
+    round's evaluation the ledger is at, not over, the budget; and the training σ is
+    only a little higher than with the figures withheld."""
+    rounds = 4
+    sigmas = {}
+    for metrics in ("noised", "withheld"):
+        base = tmp_path / metrics
+        for rnd in range(1, rounds + 1):
+            node = _ok(_call(_sim_message(base, "train", rnd, num_rounds=rounds,
+                                          dp_metrics=metrics), SIM)).content["node"]  # fmt: skip
+            _ok(_call(_sim_message(base, "evaluate", rnd, num_rounds=rounds,
+                                   dp_metrics=metrics), SIM))  # fmt: skip
+        sigmas[metrics] = node["noise-multiplier"]
+        ledger = _sim_ledger(base)
+        kinds = [e["release_kind"] for e in ledger.entries]
+        expected = ["training", "metrics"] if metrics == "noised" else ["training"]
+        assert kinds == expected * rounds
+        assert 0.97 * 3.0 < ledger.spent() <= 3.0 + 1e-9
+        assert ledger.verify() == []
+    assert sigmas["withheld"] < sigmas["noised"] < 1.05 * sigmas["withheld"]
+
+
+def test_the_coordinator_shows_noisy_figures_with_their_noise():
+    from aidmp.server.federation import _progress_line
+    from aidmp.server.rounds import RoundRecord
+
+    rec = RoundRecord(round=3, federated_accuracy=0.8412, federated_accuracy_std=0.0101,
+                      federated_loss=0.35, federated_loss_std=0.05, eval_withheld=1)  # fmt: skip
+    line = _progress_line(rec, 10, 12.0)
+    assert "fed-acc 0.8412 ± 0.0101 (DP)" in line and "acc 0.8412 ± 0.0101 (DP)" in line
+    assert "withheld by 1" in line
+    assert rec.as_dict()["accuracy_std"] == 0.0101
+    rec.central_accuracy, rec.central_loss = 0.85, 0.3  # the coordinator's own: exact
+    assert rec.as_dict()["accuracy_std"] is None
+    assert "acc 0.8500  loss 0.3000" in _progress_line(rec, 10, 12.0)

@@ -12,8 +12,8 @@ from aidmp.server.federation import round_config_for
 WIRE_KEYS = [
     "task", "partition", "seed", "local-epochs", "batch-size", "learning-rate",
     "server-round", "job-id", "num-rounds", "dp", "dp-epsilon", "dp-delta",
-    "dp-max-grad-norm", "dp-noise-multiplier", "dp-accountant", "state-root", "he-keys",
-    "governance-policy", "governance-scenario",
+    "dp-max-grad-norm", "dp-noise-multiplier", "dp-accountant", "dp-metrics",
+    "dp-metrics-share", "state-root", "he-keys", "governance-policy", "governance-scenario",
 ]  # fmt: skip
 CFG = RunConfig(task="breast-cancer", seed=7, num_rounds=4, learning_rate=0.1, dp_epsilon=2.0)
 
@@ -62,7 +62,8 @@ def test_dp_keys_not_sent_are_not_a_policy():
     assert parsed.dp is None and parsed.dp_policy() == {}
     assert RoundConfig.from_record(round_config_for(CFG, 1)).dp_policy() == {
         "dp": True, "dp-epsilon": 2.0, "dp-delta": 1e-5, "dp-max-grad-norm": 1.0,
-        "dp-noise-multiplier": 0.0, "dp-accountant": "pld",
+        "dp-noise-multiplier": 0.0, "dp-accountant": "pld", "dp-metrics": "noised",
+        "dp-metrics-share": 0.1,
     }  # fmt: skip
 
 

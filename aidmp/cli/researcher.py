@@ -65,6 +65,19 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
         default=defaults.dp_noise_multiplier,
         help="fix sigma instead of planning it from --dp-epsilon (0: plan)",
     )
+    p.add_argument(
+        "--dp-metrics",
+        choices=("noised", "withheld"),
+        default=defaults.dp_metrics,
+        help="under DP, each institution's evaluation figures: noised and charged to its "
+        "ledger, or withheld",
+    )
+    p.add_argument(
+        "--dp-metrics-share",
+        type=float,
+        default=defaults.dp_metrics_share,
+        help="the share of the budget the run's noised figures may cost on their own",
+    )
     p.add_argument("--no-dp", action="store_true", help="train without DP-SGD (a baseline)")
     p.add_argument(
         "--client-dp",
@@ -181,6 +194,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
             "dp-delta": args.dp_delta,
             "dp-max-grad-norm": args.dp_max_grad_norm,
             "dp-noise-multiplier": args.dp_noise_multiplier,
+            "dp-metrics": args.dp_metrics,
+            "dp-metrics-share": args.dp_metrics_share,
             "client-dp": args.client_dp,
             "client-dp-noise-multiplier": args.client_dp_noise_multiplier,
             "client-dp-clipping-norm": args.client_dp_clipping_norm,
@@ -197,8 +212,15 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
     summary = simulate(cfg, args.institutions, verbose=args.verbose, engine=args.engine)
     final, base = summary["final"], summary["centralized_baseline"]
+
+    def figure(key: str) -> str:  # "-" when withheld, "± std (DP)" when noisy
+        value, std = final.get(key), final.get(f"{key}_std")
+        if value is None:
+            return "-"
+        return f"{value:.4f}" + (f" ± {std:.4f} (DP)" if std is not None else "")
+
     print(
-        f"final accuracy {final['accuracy']:.4f} ({final['source']}), loss {final['loss']:.4f}; "
+        f"final accuracy {figure('accuracy')} ({final['source']}), loss {figure('loss')}; "
         f"centralized baseline {base['accuracy']:.4f}; {summary['wall_seconds']:.1f}s"
     )
     privacy = summary["privacy"]
