@@ -108,3 +108,17 @@ def test_a_frozen_parameter_is_not_supported():
     model = nn.Sequential(nn.Linear(4, 2))
     model[0].bias.requires_grad_(False)
     assert not supports(model)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "linear"])
+def test_both_paths_take_exactly_the_planned_steps_where_opacus_would_take_one_fewer(mode):
+    """Opacus's sampler takes int(1/q) steps: 92 for 93 batches, as float division goes."""
+    rows, batch = 93, 1
+    shape = RoundShape.of(rows, batch, epochs=2)
+    assert shape.steps == 186 and int(1 / shape.sample_rate) == 92
+    model = nn.Sequential(nn.Linear(3, 2))
+    x = np.random.default_rng(0).normal(size=(rows, 3)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 2, rows)
+    common = dict(epochs=2, batch_size=batch, learning_rate=0.05, seed=0, noise_multiplier=1.0)
+    _, charge = train_dp(model, x, y, max_grad_norm=1.0, grad_sample_mode=mode, **common)
+    assert charge == shape.charge(1.0)
