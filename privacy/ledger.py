@@ -1,12 +1,14 @@
 """The privacy budget ledger: what this institution has spent on one dataset.
 
 Where a budget is charged: `PrivacyLedger.charge`, called by the node after each
-round of DP-SGD. Before training, `PrivacyLedger.check` refuses a round that would
-go over the budget.
+round of DP-SGD, and before each release of evaluation figures (privacy/metrics.py).
+Before training, `PrivacyLedger.check` refuses a round that would go over the budget.
 
-The ledger is a small JSON file per node and dataset, written atomically. It holds
-the mechanisms themselves, one event per release (a Poisson-subsampled Gaussian:
-noise multiplier, sample rate and steps, with run id and round), so any accountant can
+The ledger is a small JSON file per node and dataset, written atomically, keyed to the
+dataset's source (client/data.py `ledger_key`), so a policy edit never opens a fresh
+budget. It holds the mechanisms themselves, one event per release (a Poisson-subsampled
+Gaussian: noise multiplier, sample rate and steps; or a Gaussian: noise std,
+sensitivity, count; with run id, round and release kind), so any accountant can
 recompute ε from the ledger alone, at any time, across runs and restarts. A checksum
 over the body catches a damaged or edited file; a damaged ledger is an error, never a
 silent reset.
