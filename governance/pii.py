@@ -101,6 +101,7 @@ MAX_SKIPPED_CATEGORIES = 50
 # Distinct candidates given to a Python-level check per column and type (evenly spread).
 VALIDATE_MAX = 400
 PHONE_VALIDATE_MAX = 250  # libphonenumber: about 0.1 ms a value
+MAX_SCAN_CHARS = 2_000
 # A name column has at least this many distinct values (or one for every second row).
 NAME_MIN_DISTINCT = 20
 # Phones written with a country code reveal a site's regions when its policy names none.
@@ -755,7 +756,9 @@ def _detect_values(series: pd.Series, column: str, settings: Settings) -> list[P
         dob = _dob_rate(sample, sampled, column, settings.threshold) if sampled else None
         rates = {} if dob is None else {"date_of_birth": dob}
     elif ptypes.is_string_dtype(dtype) or ptypes.is_object_dtype(dtype):
-        strings = sample.astype(str).str.strip()
+        # A value is judged by its first MAX_SCAN_CHARS characters: a ten-megabyte cell
+        # costs no more than a long note.
+        strings = sample.astype(str).str.slice(0, MAX_SCAN_CHARS).str.strip()
         strings = strings[strings.str.len().to_numpy(dtype=np.int64, na_value=0) > 0]
         if strings.empty:
             return []

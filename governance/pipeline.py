@@ -534,6 +534,7 @@ def _small_groups(frame: pd.DataFrame, qi: list[str], k: int) -> pd.Series:
 # --- k-anonymity by generalization ----------------------------------------------------------
 _NICE = (1.0, 2.0, 5.0)
 _MAX_BANDS = 14
+_MAX_PREFIX = 24  # text: the longest prefix tried (codes and postcodes are short)
 
 
 @dataclass
@@ -618,7 +619,7 @@ class _KGeneralizer:
         levels = [_Level("as is", codes, cardinality, 0.0, series)]
         distinct = max(cardinality - 1, 1)
         longest = int(text.str.len().max()) if text.notna().any() else 0
-        for keep in range(longest - 1, 0, -1):
+        for keep in range(min(longest - 1, _MAX_PREFIX), 0, -1):
             cut = text.str.slice(0, keep)
             cut_codes, cut_card = self._codes(cut)
             if cut_card >= levels[-1].cardinality:

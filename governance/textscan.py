@@ -56,7 +56,7 @@ _STREET_WORDS = (
 )
 _STREET_RE = rf"(?i)(?:^|[^\w])(?:{_STREET_WORDS})\.?(?:$|[^\w])"
 _COMPOUND_RE = (
-    r"(?i)[A-Za-zÀ-ÿ]{2,}(?:straße|strasse|str\.|weg|allee|platz|gasse|ring|damm|ufer|straat"
+    r"(?i)\b[A-Za-zÀ-ÿ]{2,}(?:straße|strasse|str\.|weg|allee|platz|gasse|ring|damm|ufer|straat"
     r"|laan|plein|gracht|kade|singel|dreef|hof|steeg)(?:$|[^\w])"
 )
 _CJK_ADDRESS_RE = r"[省市区县縣路街道号號座栋棟楼樓室丁目番地町村郡都道府県]"
@@ -126,10 +126,13 @@ def address_mask(strings: pd.Series) -> np.ndarray:
     candidates = digit & long_enough
     if not candidates.any():
         return candidates
-    cjk = strings.str.count(_CJK_ADDRESS_RE).to_numpy(dtype=np.int64, na_value=0) >= 2
-    word = _contains(strings, _STREET_RE) | _contains(strings, _COMPOUND_RE)
-    postcode = _contains(strings, _POSTCODE_RE)
-    return candidates & (word | cjk | postcode)
+    found = np.zeros(len(strings), dtype=bool)
+    positions = np.flatnonzero(candidates)
+    some = strings.iloc[positions]
+    cjk = some.str.count(_CJK_ADDRESS_RE).to_numpy(dtype=np.int64, na_value=0) >= 2
+    word = _contains(some, _STREET_RE) | _contains(some, _COMPOUND_RE)
+    found[positions] = word | cjk | _contains(some, _POSTCODE_RE)
+    return found
 
 
 def is_prose(strings: pd.Series) -> bool:
