@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from aidmp.client.app import app
 from aidmp.client.data import dataset_id, ledger_key, simulated_institution
 from aidmp.config import RunConfig
-from aidmp.errors import PrivacyError
+from aidmp.errors import AidmpError, PrivacyError
 from aidmp.privacy.ledger import (
     KEYED_TO_SOURCE,
     LEDGER_NAME,
@@ -399,3 +399,24 @@ def test_the_coordinator_shows_noisy_figures_with_their_noise():
     rec.central_accuracy, rec.central_loss = 0.85, 0.3  # the coordinator's own: exact
     assert rec.as_dict()["accuracy_std"] is None
     assert "acc 0.8500  loss 0.3000" in _progress_line(rec, 10, 12.0)
+
+
+def test_node_start_names_the_dataset_and_the_metrics_choice(site, tmp_path):
+    """`aidmp node start --dataset-id ... --dp-metrics withheld`, as the node parses it."""
+    from flwr.common.config import parse_config_args
+
+    from aidmp.client.supernode import node_config
+    from aidmp.privacy.policy import resolve_node_privacy
+
+    text = node_config(data=site / "rows.csv", policy=site / "policy.yaml", keys=None,
+                       state_dir=tmp_path, name="hospital-a", dp_epsilon=3.0,
+                       dataset_id="admissions 2019", dp_metrics="withheld")  # fmt: skip
+    node = parse_config_args([text])
+    cfg = RoundConfig.from_record(round_config_for(RunConfig(task="adult"), 1))
+    assert ledger_key(node, cfg) == "admissions 2019"
+    privacy = resolve_node_privacy(node, cfg, "hospital-a")
+    assert privacy.policy is not None and privacy.policy.metrics == "withheld"
+    assert privacy.refused == ("dp-metrics=noised",)  # the run's ask; the node decides
+    with pytest.raises(AidmpError, match="dataset-id"):
+        node_config(data=site / "rows.csv", policy=site / "policy.yaml", keys=None,
+                    state_dir=tmp_path, name="a", dp_epsilon=3.0, dataset_id=" ")  # fmt: skip
