@@ -2,7 +2,8 @@
 
 The table is generated (every identifier in it is made up): 1M rows by default, 20
 columns: 8 numeric, 5 categorical, a consent column, a label, and 5 columns of
-personal data (name, e-mail, phone, SSN-shaped number, date of birth). The policy
+personal data (name, e-mail, phone, SSN-shaped number, date of birth), all found by
+value detection (the name lexicon, libphonenumber, checksums, dates). The policy
 declares the 15 data columns; the PII columns are found by the scan and dropped or
 generalized. Reported: reading the table back from Parquet, the pipeline itself
 (schema, PII scan, consent, deduplication, missing values, robust outliers, PII
@@ -39,10 +40,13 @@ def generate(rows: int, seed: int = 0) -> pd.DataFrame:
     frame["sex"] = rng.choice(["F", "M"], rows)
     frame["consent"] = np.where(rng.random(rows) < 0.97, "yes", "no")
     frame["label"] = rng.integers(0, 2, rows)
-    # Made-up personal data, generated from a counter.
-    frame["name"] = np.char.add("Person ", serial.astype(str))
+    # Made-up personal data: names from short lists, the rest from a counter; phones
+    # in the 555 exchange kept for fiction (which libphonenumber takes as valid).
+    first = np.array(["Ada", "Ben", "Chen", "Dara", "Emil", "Fatima", "Goran", "Hana"])
+    last = np.array(["Alder", "Brook", "Castell", "Dunmore", "Ellery", "Fenwick", "Hale"])
+    frame["name"] = np.char.add(np.char.add(first[serial % 8], " "), last[serial % 7])
     frame["email"] = np.char.add(np.char.add("user", serial.astype(str)), "@example.org")
-    frame["phone"] = [f"+1 555-01{k % 100:02d}-{k % 10000:04d}" for k in serial]
+    frame["phone"] = [f"+1 202-555-{k % 10000:04d}" for k in serial]
     frame["ssn"] = [f"{123 + k % 500:03d}-{12 + k % 80:02d}-{1000 + k % 8999:04d}" for k in serial]
     births = pd.to_datetime("1930-01-01") + pd.to_timedelta(rng.integers(0, 25_000, rows), "D")
     frame["date_of_birth"] = births.strftime("%Y-%m-%d")

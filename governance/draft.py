@@ -184,13 +184,13 @@ def draft_policy(
               "detection": {"phone_regions": regions}}  # fmt: skip
     Policy.model_validate(draft)  # a draft that would not load is a bug here, not the admin's
     if quasi:
-        _choose_quasi(draft, frame, quasi, notes)
-    _fit_to_data(draft, frame, notes)
+        _choose_quasi(draft, frame, quasi, notes, findings)
+    _fit_to_data(draft, frame, notes, findings)
     return Draft(draft, notes)
 
 
 def _generalize_cost(
-    draft: dict[str, Any], frame: pd.DataFrame, quasi: list[str]
+    draft: dict[str, Any], frame: pd.DataFrame, quasi: list[str], findings: Any
 ) -> tuple[float, float]:
     """(information lost, share of rows suppressed) when k-anonymity generalizes `quasi`."""
     trial = dict(draft) | {
@@ -201,7 +201,7 @@ def _generalize_cost(
     }
     trial["columns"] = {c: {k: v for k, v in r.items() if k != "max_missing_rate"}
                         for c, r in draft["columns"].items()}  # fmt: skip
-    result = govern(frame, Policy.model_validate(trial), secret=None)
+    result = govern(frame, Policy.model_validate(trial), secret=None, findings=findings)
     step = next(
         (s for s in result.report.get("steps", []) if s.get("step") == "k-anonymity-generalize"),
         None,
@@ -212,14 +212,20 @@ def _generalize_cost(
 
 
 def _choose_quasi(
-    draft: dict[str, Any], frame: pd.DataFrame, quasi: list[str], notes: list[str]
+    draft: dict[str, Any],
+    frame: pd.DataFrame,
+    quasi: list[str],
+    notes: list[str],
+    findings: dict[str, Any],
 ) -> None:
     """A workable set of quasi-identifiers: group by group (QUASI_GROUPS), the first
     always, each further one only while the generalization it needs stays workable. A
     group left out is dropped, never kept unprotected."""
-    sample = frame
+    sample, known = frame, findings
+    known_or_none: dict[str, Any] | None = known
     if len(frame) > QI_SAMPLE_ROWS:
         sample = frame.iloc[np.linspace(0, len(frame) - 1, QI_SAMPLE_ROWS).astype(np.int64)]
+        known_or_none = None  # the sample is scanned afresh
     groups: list[list[str]] = [[c for c in quasi if g.search(c.lower())] for g in QUASI_GROUPS]
     grouped = {c for group in groups for c in group}
     groups.append([c for c in quasi if c not in grouped])  # detected quasi-identifiers
@@ -227,7 +233,7 @@ def _choose_quasi(
     left_out: list[str] = []
     for group in filter(None, groups):
         trial = chosen + group
-        loss, suppressed = _generalize_cost(draft, sample, trial)
+        loss, suppressed = _generalize_cost(draft, sample, trial, known_or_none)
         if not chosen or (loss <= MAX_QI_LOSS and suppressed <= MAX_QI_SUPPRESSED):
             chosen = trial
         else:
@@ -247,11 +253,13 @@ def _choose_quasi(
     )
 
 
-def _fit_to_data(draft: dict[str, Any], frame: pd.DataFrame, notes: list[str]) -> None:
+def _fit_to_data(
+    draft: dict[str, Any], frame: pd.DataFrame, notes: list[str], findings: dict[str, Any]
+) -> None:
     """Apply the draft to the data it came from; widen each limit the data fails to
     what the data holds, and say so in `notes`."""
     for _ in range(4):
-        result = govern(frame, Policy.model_validate(draft), secret=None)
+        result = govern(frame, Policy.model_validate(draft), secret=None, findings=findings)
         changed = False
         for column, rate in result.missing_rates.items():
             rule = draft["columns"].get(column)
@@ -278,7 +286,7 @@ def _fit_to_data(draft: dict[str, Any], frame: pd.DataFrame, notes: list[str]) -
             changed = True
         if not changed:
             break
-    result = govern(frame, Policy.model_validate(draft), secret=None)
+    result = govern(frame, Policy.model_validate(draft), secret=None, findings=findings)
     if not result.admitted:  # pragma: no cover - every limit above came from the data
         notes.append("this draft still fails its own data: " + "; ".join(result.local_reasons))
         return

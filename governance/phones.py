@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import phonenumbers as pn
 
-EVIDENCE_SHARE = 0.3
+EVIDENCE_SHARE = 0.25
 STRONG, WEAK, NO = 2, 1, 0
 
 # What a phone may look like before libphonenumber is asked (RE2-compatible): digits with
@@ -85,7 +85,13 @@ def _groups_fit(core: str, number: pn.PhoneNumber, prefix: str | None) -> bool:
     groups = re.findall(r"[0-9]+", core)
     if len(groups) == 1:
         return True
-    canon = re.findall(r"[0-9]+", pn.format_number(number, pn.PhoneNumberFormat.NATIONAL))
+    bare = pn.PhoneNumber(
+        country_code=number.country_code,
+        national_number=number.national_number,
+        italian_leading_zero=number.italian_leading_zero,
+        number_of_leading_zeros=number.number_of_leading_zeros,
+    )  # without its extension
+    canon = re.findall(r"[0-9]+", pn.format_number(bare, pn.PhoneNumberFormat.NATIONAL))
     if prefix and canon and canon[0].startswith(prefix) and not groups[0].startswith(prefix):
         canon[0] = canon[0][len(prefix) :]
         canon = [group for group in canon if group]
@@ -132,21 +138,37 @@ def grade(value: str, regions: tuple[str, ...]) -> tuple[int, bool]:
     return best, evidence
 
 
-def grade_digits(digits: str, regions: tuple[str, ...]) -> int:
-    """A number held as an integer (no separators, no leading zeros): STRONG when it is a
-    valid number in one of the regions, or a valid international number without its "+"
-    (an MSISDN such as 919876543210); possible numbers are not enough here."""
+def grade_digits(digits: str, regions: tuple[str, ...]) -> tuple[int, bool]:
+    """A number held as an integer: no separators, and a leading 0 (a trunk prefix or an
+    international prefix) lost. STRONG: a valid number in one of the regions whose own
+    format writes no trunk prefix (a Chinese mobile), or a valid international number
+    without its "+" (an MSISDN such as 919876543210). WEAK: a possible number otherwise
+    (a German 301234567 was "030 1234567"; so is many an account number). The second
+    value: whether it reads as an international number of one of the regions, a phone's
+    mark in a column of integers."""
     if not MIN_DIGITS <= len(digits) <= MAX_DIGITS:
-        return NO
-    for region in regions:
-        number = _parse(digits, region)
-        if number is not None and pn.is_valid_number(number):
-            return STRONG
+        return NO, False
+    best = NO
+    codes = {pn.country_code_for_region(region) for region in regions}
     if len(digits) >= 10:
         number = _parse("+" + digits, None)
-        if number is not None and pn.is_valid_number(number):
-            return STRONG
-    return NO
+        if number is not None and pn.is_possible_number(number):
+            marked = number.country_code in codes
+            if pn.is_valid_number(number):
+                return STRONG, marked
+            if marked:
+                return WEAK, True
+    for region in regions:
+        number = _parse(digits, region)
+        if number is None or not pn.is_possible_number(number):
+            continue
+        if pn.is_valid_number(number):
+            prefix = _trunk_prefix(region)
+            national = pn.format_number(number, pn.PhoneNumberFormat.NATIONAL)
+            if not (prefix and national.lstrip("(").startswith(prefix)):
+                return STRONG, False
+        best = WEAK
+    return best, False
 
 
 def region_of(value: str) -> str | None:

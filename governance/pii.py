@@ -70,10 +70,14 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 from pandas.api import types as ptypes
+from stdnum import isbn
 
 from aidmp.governance import idnumbers, names, phones, textscan
 
@@ -101,6 +105,7 @@ MAX_SKIPPED_CATEGORIES = 50
 # Distinct candidates given to a Python-level check per column and type (evenly spread).
 VALIDATE_MAX = 400
 PHONE_VALIDATE_MAX = 250  # libphonenumber: about 0.1 ms a value
+EARLY_STOP_MARGIN = 0.25  # see `_phone_share`
 MAX_SCAN_CHARS = 2_000
 # A name column has at least this many distinct values (or one for every second row).
 NAME_MIN_DISTINCT = 20
@@ -244,8 +249,9 @@ _SSN_CANDIDATE_RE = r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{9}"  # then area/group/se
 # often an invoice or order number, and count only under an SSN-like column name.
 _SSN_WRITTEN_RE = r"[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4}"
 _SSN_NAME_TOKENS = frozenset({"ssn", "socialsecurity", "social"})
-# An IPv4 column holds some octet of 32 or more in most values; "2.12.5.16" is a version.
-_IPV4_BIG_OCTET_RE = r"(?:^|\.)(?:3[2-9]|[4-9][0-9]|[1-9][0-9]{2})(?:\.|$)"
+# An IPv4 column holds an octet of 100 or more in most values (a random address: 98%;
+# 10.0.0.x, 192.168.x.y: most or all); "2.12.5.16" and "3.30.4.13" are versions.
+_IPV4_BIG_OCTET_RE = r"(?:^|\.)[12][0-9]{2}(?:\.|$)"
 _IPV4_BIG_SHARE = 0.5
 _CN_ID_CANDIDATE_RE = r"[0-9]{17}[0-9Xx]"  # then MOD 11-2 and the birth date
 
@@ -316,9 +322,33 @@ _WORDED_DATE_RE = (
 )
 
 
-def _full(strings: pd.Series, pattern: str) -> np.ndarray:
-    """Vectorised full match; the group keeps an alternation inside the anchors."""
-    return strings.str.fullmatch(f"(?:{pattern})").to_numpy(dtype=bool, na_value=False)
+def _full(strings: pd.Series | pa.Array, pattern: str) -> np.ndarray:
+    """Vectorised full match; the group keeps an alternation inside the anchors.
+
+    Arrow's RE2 on the values at once (pandas' own `.str` re-parses every pattern with
+    Python's parser on each call, which cost more than the matching); Python's `re` for
+    the patterns whose classes must be Unicode-aware (\\w, \\W: month names with
+    accents)."""
+    array = strings if isinstance(strings, pa.Array) else _to_arrow(strings)
+    if "\\w" in pattern or "\\W" in pattern:
+        compiled = _compiled(pattern)
+        return np.fromiter(
+            (v is not None and compiled.fullmatch(v) is not None for v in array.to_pylist()),
+            dtype=bool,
+            count=len(array),
+        )
+    found = pc.match_substring_regex(array, f"^(?:{pattern})$")
+    return found.fill_null(False).to_numpy(zero_copy_only=False)
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(f"(?:{pattern})")
+
+
+def _to_arrow(strings: pd.Series) -> pa.Array:
+    values = strings.to_numpy(dtype=object)
+    return pa.array([v if isinstance(v, str) else None for v in values], type=pa.large_string())
 
 
 def _checked_count(
@@ -514,12 +544,13 @@ class _Distinct:
         self.values = self.strings.to_numpy(dtype=object)
         self.weights = counts.to_numpy(dtype=np.int64)
         self.sampled = int(self.weights.sum())
+        self.arrow = _to_arrow(self.strings)
 
     def weight(self, mask: np.ndarray) -> int:
         return int(self.weights[mask].sum())
 
     def full(self, pattern: str) -> np.ndarray:
-        return _full(self.strings, pattern)
+        return _full(self.arrow, pattern)
 
     def checked(
         self,
@@ -538,6 +569,12 @@ class _Distinct:
             return float(total)
         given = self.values if values is None else values
         positions = _spread(np.flatnonzero(candidates), cap)
+        # A first fifth; a type far from the threshold there is not checked further.
+        first = positions[::5]
+        passed = np.fromiter((check(given[i]) for i in first), bool, len(first))
+        estimate = total * int(self.weights[first][passed].sum()) / int(self.weights[first].sum())
+        if len(first) == len(positions) or estimate < needed - EARLY_STOP_MARGIN * self.sampled:
+            return estimate
         passed = np.fromiter((check(given[i]) for i in positions), bool, len(positions))
         examined = int(self.weights[positions].sum())
         return total * int(self.weights[positions][passed].sum()) / examined
@@ -553,27 +590,48 @@ def _name_has(column: str, wanted: frozenset[str]) -> bool:
     return any(set(tokens) & wanted for tokens in _name_tokens(column))
 
 
-def _phone_share(distinct: _Distinct, candidates: np.ndarray, regions: tuple[str, ...]) -> float:
-    """The phone share of a column's distinct values (governance/phones.py)."""
+def _phone_share(
+    distinct: _Distinct,
+    candidates: np.ndarray,
+    regions: tuple[str, ...],
+    threshold: float,
+    judge: Callable[[str, tuple[str, ...]], tuple[int, bool]] = phones.grade,
+) -> float:
+    """The phone share of a column's distinct values (governance/phones.py): strong
+    values, and weak ones too when enough of the values show a phone's marks.
+
+    A first fifth of the candidates is judged first; a column whose phones and
+    look-alikes together stay far under the threshold there is not judged further."""
     positions = _spread(np.flatnonzero(candidates), PHONE_VALIDATE_MAX)
     if len(positions) == 0:
         return 0.0
-    graded = [phones.grade(str(distinct.values[i]), regions) for i in positions]
-    weights = distinct.weights[positions]
-    strong = sum(int(w) for (g, _), w in zip(graded, weights, strict=True) if g == phones.STRONG)
-    weak = sum(int(w) for (g, _), w in zip(graded, weights, strict=True) if g == phones.WEAK)
-    marked = sum(int(w) for (_, e), w in zip(graded, weights, strict=True) if e)
-    examined = int(weights.sum())
-    scale = distinct.weight(candidates) / examined / distinct.sampled
+    share_of_sample = distinct.weight(candidates) / distinct.sampled
+    order = np.concatenate([positions[::5], np.delete(positions, np.s_[::5])])
+    strong = weak = marked = examined = 0
+    for count, i in enumerate(order, start=1):
+        grade, mark = judge(str(distinct.values[i]), regions)
+        weight = int(distinct.weights[i])
+        examined += weight
+        strong += weight * (grade == phones.STRONG)
+        weak += weight * (grade == phones.WEAK)
+        marked += weight * mark
+        first_fifth_done = count == len(positions[::5]) and count < len(order)
+        reach = (strong + weak) / examined * share_of_sample
+        if first_fifth_done and reach < threshold - EARLY_STOP_MARGIN:
+            break
     if marked / examined >= phones.EVIDENCE_SHARE:
-        return (strong + weak) * scale
-    return strong * scale
+        return (strong + weak) / examined * share_of_sample
+    return strong / examined * share_of_sample
 
 
-def _national_id(distinct: _Distinct, compact: pd.Series, needed: float) -> tuple[float, str]:
+def _national_id(
+    distinct: _Distinct, compact: pa.Array, needed: float, skip: tuple[str, ...] = ()
+) -> tuple[float, str]:
     """The best national ID kind's valid weight, and the kind."""
     best, best_kind = 0.0, ""
     for kind, pattern, check in idnumbers.KINDS:
+        if kind in skip:
+            continue
         candidates = _full(compact, pattern)
         if distinct.weight(candidates) < max(needed, best, 1):
             continue
@@ -605,17 +663,19 @@ def _text_rates(
     ipv4 = full(_IPV4_RE)
     ipv4_weight = distinct.weight(ipv4)
     if ipv4_weight:
-        big = _full(distinct.strings, rf".*(?:{_IPV4_BIG_OCTET_RE}).*") & ipv4
+        big = full(rf".*(?:{_IPV4_BIG_OCTET_RE}).*") & ipv4
         if distinct.weight(big) < _IPV4_BIG_SHARE * ipv4_weight:
             ipv4_weight = 0  # version strings such as 2.12.5.16
     ipv6 = full(_IPV6_CANDIDATE_RE) & ~ipv4
     counts["ip_address"] = ipv4_weight + distinct.checked(ipv6, _ipv6_valid, needed - ipv4_weight)
     details: dict[str, str] = {}
-    compact = distinct.strings.str.replace(idnumbers.SEPARATORS_RE, "", regex=True)
-    counts["national_id"], details["national_id"] = _national_id(distinct, compact, needed)
-    phone_candidates = full(phones.CANDIDATE_RE) & ~full(phones.NOT_PHONE_RE)
-    if distinct.weight(phone_candidates) >= needed:
-        counts["phone"] = _phone_share(distinct, phone_candidates, settings.regions) * sampled
+    compact = pc.replace_substring_regex(distinct.arrow, idnumbers.SEPARATORS_RE, "")
+    # ISBN-10s share NHS numbers' mod 11 check; only an ISBN ends in X, and a column of
+    # them holds some (one in eleven): such a column is books, not people.
+    books = _full(compact, r"[0-9]{9}[Xx]")
+    books_found = books.any() and distinct.checked(books, isbn.is_valid, 1, cap=20) > 0
+    skip = ("gb_nhs",) if books_found else ()
+    counts["national_id"], details["national_id"] = _national_id(distinct, compact, needed, skip)
     rates = {pii_type: count / sampled for pii_type, count in counts.items()}
     dob = _dob_rate(
         pd.Series(np.repeat(_parse_dates(distinct.strings).to_numpy(), distinct.weights)),
@@ -625,13 +685,22 @@ def _text_rates(
     )
     if dob is not None:
         rates["date_of_birth"] = dob
+    # Phones cost most to judge (libphonenumber): only for a column no other type took.
+    phone_candidates = full(phones.CANDIDATE_RE) & ~full(phones.NOT_PHONE_RE)
+    if (
+        max(rates.values(), default=0.0) < settings.threshold
+        and distinct.weight(phone_candidates) >= needed
+        and not books_found
+    ):
+        share = _phone_share(distinct, phone_candidates, settings.regions, settings.threshold)
+        rates["phone"] = share
     if max(rates.values(), default=0.0) >= settings.threshold:
         return rates, details, sampled  # a column of one kind: no need to look further
     addresses = textscan.address_mask(distinct.strings)
     rates["address"] = distinct.weight(addresses) / sampled
     if rates["address"] >= settings.threshold:
         return rates, details, sampled
-    shaped = full(r"[^0-9@/\\|_=+<>{}\[\]]{2,80}")
+    shaped = full(r"[^0-9@/\\|_=+<>{}\[\]]{1,80}")
     # People's names are many: a code list ("White", "Black"; "Male") is not a name column.
     many = len(distinct.values) >= min(NAME_MIN_DISTINCT, sampled / 2)
     if many and distinct.weight(shaped) >= settings.name_threshold * sampled:
@@ -700,17 +769,6 @@ def _number_rates(
         if count > best:
             best, best_kind = count, kind
     rates["national_id"], details["national_id"] = best / sampled, best_kind
-    phone_candidates = (lengths >= phones.MIN_DIGITS) & (lengths <= phones.MAX_DIGITS)
-    if distinct.weight(phone_candidates) >= needed:
-        rates["phone"] = (
-            distinct.checked(
-                phone_candidates,
-                lambda v: phones.grade_digits(v, settings.regions) == phones.STRONG,
-                needed,
-                PHONE_VALIDATE_MAX,
-            )
-            / sampled
-        )
     compact = full(_COMPACT_RE)
     if distinct.weight(compact) >= needed:
         dates = _parse_dates(distinct.strings.where(compact, ""))
@@ -722,6 +780,12 @@ def _number_rates(
         )
         if dob is not None:
             rates["date_of_birth"] = dob
+    phone_candidates = (lengths >= phones.MIN_DIGITS) & (lengths <= phones.MAX_DIGITS)
+    taken = max(rates.values(), default=0.0) >= settings.threshold
+    if not taken and distinct.weight(phone_candidates) >= needed:
+        rates["phone"] = _phone_share(
+            distinct, phone_candidates, settings.regions, settings.threshold, phones.grade_digits
+        )
     return rates, details, sampled
 
 

@@ -35,7 +35,7 @@ import polars as pl
 
 from aidmp.errors import snippet
 from aidmp.governance.cells import inert
-from aidmp.governance.pii import scan_frame
+from aidmp.governance.pii import PiiFinding, scan_frame
 from aidmp.governance.policy import DIRECT_IDENTIFIERS, ColumnRule, Policy
 from aidmp.governance.textscan import mask_text
 
@@ -128,18 +128,20 @@ class _Run:
         return True
 
     # --- 2. PII scan and tags --------------------------------------------------------
-    def pii_scan(self, original: pd.DataFrame) -> None:
+    def pii_scan(
+        self, original: pd.DataFrame, known: dict[str, list[PiiFinding]] | None = None
+    ) -> None:
         # A categorical column can hold identifiers too (repeat visits): scan it as text.
         as_text = {c: original[c].astype("string") for c in original.columns
                    if isinstance(original[c].dtype, pd.CategoricalDtype)}  # fmt: skip
         detection = self.policy.detection
-        findings = scan_frame(
+        findings = known if known is not None else scan_frame(
             original.assign(**as_text) if as_text else original,
             threshold=detection.threshold,
             name_threshold=detection.name_threshold,
             free_text_threshold=detection.free_text_threshold,
             regions=detection.phone_regions,
-        )
+        )  # fmt: skip
         for column in original.columns:
             rule = self.policy.columns.get(column)
             explicit_tag = rule is not None and "tag" in rule.model_fields_set
@@ -417,13 +419,22 @@ def site_secret(policy: Policy) -> bytes | None:
     return value.encode() if value else None
 
 
-def govern(frame: pd.DataFrame, policy: Policy, secret: bytes | None = None) -> GovernanceResult:
+def govern(
+    frame: pd.DataFrame,
+    policy: Policy,
+    secret: bytes | None = None,
+    *,
+    findings: dict[str, list[PiiFinding]] | None = None,
+) -> GovernanceResult:
     """Run the whole pipeline over `frame` under `policy`; never raises on bad data
-    (that is a decline), only on a policy that cannot be applied (no hash secret)."""
+    (that is a decline), only on a policy that cannot be applied (no hash secret).
+
+    `findings`: the PII scan of this very frame under this policy's detection settings,
+    when the caller has it already (`govern init` applies its draft several times)."""
     run = _Run(frame, policy, secret)
     original = frame
     if run.schema():
-        run.pii_scan(original)
+        run.pii_scan(original, findings)
         run.consent()
         run.quality()
         run.deduplicate()
@@ -432,7 +443,7 @@ def govern(frame: pd.DataFrame, policy: Policy, secret: bytes | None = None) -> 
         run.pii_actions()
         run.k_anonymity()
     else:
-        run.pii_scan(original)
+        run.pii_scan(original, findings)
     return run.finish()
 
 
