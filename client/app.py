@@ -28,6 +28,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from aidmp.client.analytics_handler import answer_query
 from aidmp.client.audit_trail import audit_mod
 from aidmp.client.data import institution_name, ledger_key, local_data, node_state_dir
 from aidmp.client.decline import decline, decline_for, require_own_state_dir
@@ -249,3 +250,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         node |= spend.as_record()
     content = RecordDict({"metrics": MetricRecord(metrics), "node": ConfigRecord(node)})
     return Message(content, reply_to=msg)
+
+
+@app.query("analytics")
+@_decline_on_error
+def analytics(msg: Message, context: Context) -> Message:
+    """A federated statistics query (client/analytics_handler.py): governed rows, noised
+    partials charged to the ledger before the reply leaves, or a decline."""
+    return answer_query(msg, context)

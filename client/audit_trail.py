@@ -92,8 +92,12 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
         release = None if node is None else node.get("release")
         if isinstance(release, int):  # 1, or 2, 3, ... for a round released again
             details["release"] = release
-            # As the ledger names it: an update, or evaluation figures (privacy/metrics.py).
-            details["release_kind"] = "metrics" if kind == "evaluate" else "training"
+            # As the ledger names it: an update, evaluation figures (privacy/metrics.py),
+            # or a query's partials (client/analytics_handler.py).
+            details["release_kind"] = (
+                "metrics" if kind == "evaluate"
+                else "analytics" if kind.startswith("query") else "training"
+            )  # fmt: skip
     # Which message this answers (the ledger keeps the same id for the release it
     # charged), and the training job, which outlives a coordinator's restart.
     details |= {"reply_to": msg.metadata.message_id, "job": job_id}

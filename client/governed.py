@@ -48,6 +48,10 @@ class Governed:
     policy_sha256: str
     admitted: bool
     reasons: tuple[str, ...]
+    # The governed rows themselves (cleaned, columns as the policy names them) and the
+    # policy: what analytics (client/analytics_handler.py) computes its statistics on.
+    frame: pd.DataFrame | None = None
+    policy: Policy | None = None
 
 
 _log = logging.getLogger("aidmp.client")
@@ -159,7 +163,7 @@ def _run(
     summary = coordinator_summary(result, policy, sha)
     if not result.admitted:
         empty = LocalData(*(pd.DataFrame().to_numpy(),) * 4)
-        return Governed(empty, summary, sha, False, tuple(result.reasons))
+        return Governed(empty, summary, sha, False, tuple(result.reasons), policy=policy)
     try:
         x, y = task.encode(result.frame)
     except Exception as exc:  # the policy admitted values the task cannot use
@@ -172,4 +176,5 @@ def _run(
     # A stable per-source seed (Python's hash() differs between processes).
     offset = int(hashlib.sha256(repr(key).encode()).hexdigest()[:6], 16)
     train, val = local_split(len(y), seed=seed + offset)
-    return Governed(LocalData(x[train], y[train], x[val], y[val]), summary, sha, True, ())
+    data = LocalData(x[train], y[train], x[val], y[val])
+    return Governed(data, summary, sha, True, (), frame=result.frame, policy=policy)

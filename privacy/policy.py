@@ -36,7 +36,13 @@ POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
     "dp-max-noise-multiplier",
     "dp-accountant", "dp-grad-sample-mode", "dp-rounds", "dp-metrics", "dp-metrics-share",
+    "analytics-max-epsilon",
 )  # fmt: skip
+
+# The most ε one analytics query may spend at a node unless its operator says otherwise
+# (node config `analytics-max-epsilon`): a query asking more is declined (code 102), so
+# that no single query can take a large part of a budget meant for training as well.
+DEFAULT_ANALYTICS_MAX_EPSILON = 1.0
 
 
 class DPPolicy(BaseModel):
@@ -58,6 +64,10 @@ class DPPolicy(BaseModel):
     # with, or never sent.
     metrics: Literal["noised", "withheld"] = Field("noised", alias="dp-metrics")
     metrics_share: float = Field(DEFAULT_SHARE, alias="dp-metrics-share", gt=0, lt=1)
+    # The node's cap on one analytics query's ε (client/analytics_handler.py).
+    analytics_max_epsilon: float = Field(
+        DEFAULT_ANALYTICS_MAX_EPSILON, alias="analytics-max-epsilon", gt=0
+    )
     state_dir: Path
 
 

@@ -1,0 +1,79 @@
+"""One analytics query at a node: check the cap and the budget, compute, charge.
+
+The order is the metrics release's (privacy/node_round.py): under the ledger lock the
+ledger is opened and asked first, the data is read only if the query fits, and the
+ledger is charged before the partials are handed back to be sent. A query is charged as
+one "gaussian" entry (release kind "analytics"): its Gaussian releases compose exactly
+into one Gaussian of noise multiplier 1/μ (analytics/mechanisms.py `composite_event`),
+so the entry records the same privacy as the query's components one by one, and the
+ledger's PLD accountant composes it with everything else the node released.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aidmp.analytics import QueryPlan, local_partials
+from aidmp.analytics.mechanisms import NormalSource
+from aidmp.privacy.ledger import BudgetExhausted, GaussianRelease, ledger_lock
+from aidmp.privacy.node_round import PrivacySpend, open_ledger
+from aidmp.privacy.noise import SecureRandom
+from aidmp.privacy.policy import DPPolicy
+
+ANALYTICS = "analytics"  # the ledger's release kind of a query's partials
+
+
+def query_event(plan: QueryPlan) -> GaussianRelease:
+    """The ledger's entry for `plan`: the composite Gaussian (σ = 1/μ, Δ = 1)."""
+    event = plan.composite_event()
+    return GaussianRelease(noise_std=event.noise_std, sensitivity=event.sensitivity, count=1)
+
+
+def noise_source(seed: int | None) -> NormalSource:
+    """The CSPRNG (ChaCha20, fresh key) when there is no seed: a node with its own data;
+    else numpy's generator from the seed (a simulated institution: repeatable)."""
+    return SecureRandom() if seed is None else np.random.default_rng(seed)
+
+
+def check_query_cap(plan: QueryPlan, policy: DPPolicy) -> None:
+    """Decline (code 102) a query asking more ε than this node lets one query spend."""
+    if plan.epsilon > policy.analytics_max_epsilon + 1e-12:
+        raise BudgetExhausted(
+            f"the query asks for eps {plan.epsilon:g} at this node; this node allows at "
+            f"most eps {policy.analytics_max_epsilon:g} per query (its own "
+            "analytics-max-epsilon)"
+        )
+
+
+def release_query(
+    frame: pd.DataFrame,
+    plan: QueryPlan,
+    *,
+    policy: DPPolicy,
+    dataset_id: str,
+    run_id: str,
+    job_id: str | None,
+    message_id: str,
+    seed: int | None,
+    min_count: int,
+) -> tuple[dict[str, Any], PrivacySpend]:
+    """The query's noisy partials on `frame` (governed rows), charged to the ledger
+    before they are returned. Raises BudgetExhausted, ledger untouched, when the node's
+    cap or its remaining budget does not allow the query."""
+    check_query_cap(plan, policy)
+    event = query_event(plan)
+    with ledger_lock(policy.state_dir):
+        ledger = open_ledger(policy, dataset_id)
+        before = ledger.spent()
+        ledger.check(event)  # BudgetExhausted: nothing computed, nothing charged
+        partial = local_partials(frame, plan, noise_source(seed), min_count=min_count)
+        after = ledger.charge(
+            event, run_id=run_id, round=1, job_id=job_id, message_id=message_id, kind=ANALYTICS
+        )
+        spend = PrivacySpend(
+            after, after - before, ledger.delta, ledger.budget - after, event.noise_std, 1
+        )
+    return partial, spend
