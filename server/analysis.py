@@ -270,6 +270,9 @@ def plot_analysis(result: dict[str, Any], path: Path) -> None:
         errors = [1.96 * (s.get("std_error") or 0.0) for _, s in scalars]
         ax.errorbar(values, range(len(names)), xerr=errors, fmt="o", capsize=3)
         ax.set_yticks(range(len(names)), names, fontsize=8)
+        positive = [v for v in values if v > 0]
+        if len(positive) == len(values) and max(positive) > 50 * min(positive):
+            ax.set_xscale("log")  # counts beside means
         ax.set_title("scalar statistics (95% intervals)", fontsize=9)
     for ax in flat_axes[panels:]:
         ax.axis("off")

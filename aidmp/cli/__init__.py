@@ -1,6 +1,6 @@
 """The `aidmp` command: one subcommand group for each kind of user.
 
-researcher   simulate, audit-privacy, pilot-data   (aidmp/cli/researcher.py)
+researcher   simulate, analyze, audit-privacy, pilot-data   (aidmp/cli/researcher.py)
 institution  ledger, govern, audit, node           (aidmp/cli/institution.py)
 coordinator  certs, coordinator, run               (aidmp/cli/coordinator.py)
 key dealer   keys                                  (aidmp/cli/keys.py)
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # This order is the order `aidmp --help` lists them in.
     researcher.add_simulate(sub)
+    researcher.add_analyze(sub)
     institution.add_ledger(sub)
     researcher.add_audit_privacy(sub)
     keys.add_keys(sub)

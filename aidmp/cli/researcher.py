@@ -1,4 +1,4 @@
-"""The researcher's commands: `simulate`, `audit-privacy`, `pilot-data`.
+"""The researcher's commands: `simulate`, `analyze`, `audit-privacy`, `pilot-data`.
 
 Everything heavy (torch, Flower, Ray, the simulation code) is imported inside the
 handlers, after the arguments are parsed and checked.
@@ -313,4 +313,91 @@ def _run_pilot_data(args: argparse.Namespace) -> int:
     )
     for folder in folders:
         print(f"wrote {folder}/rows.csv and {folder}/policy.yaml")
+    return 0
+
+
+def add_analyze(sub: argparse._SubParsersAction) -> None:
+    defaults = RunConfig()
+    p = sub.add_parser(
+        "analyze",
+        help="researcher: a federated statistics query over virtual institutions",
+        description="Ask every virtual institution for a query's noisy partials (each runs "
+        "governance, charges its own privacy ledger and withholds small counts), combine "
+        "them, and write OUT/analysis.json and OUT/analysis.png. The budget table is "
+        "printed before anything runs.",
+    )
+    p.add_argument("--query", required=True, help="the query YAML (see simulations/queries/)")
+    p.add_argument("--out", default="runs/analysis", help="folder for analysis.json and .png")
+    p.add_argument("--task", default=defaults.task, help="a tabular task: adult")
+    p.add_argument("--institutions", type=int, default=5, help="virtual institutions (nodes)")
+    p.add_argument(
+        "--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA | quantity:ALPHA"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--govern",
+        nargs="?",
+        const="bundled",
+        default="bundled",
+        metavar="POLICY",
+        help="every node's governance policy (default: the task's bundled example); "
+        "analytics always runs on governed rows",
+    )
+    p.add_argument(
+        "--scenario",
+        default="",
+        help="made-up PII and dirty rows at chosen institutions, e.g. 'pii:0,2;dirty:1'",
+    )
+    p.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=defaults.dp_epsilon,
+        help="each institution's privacy budget (its ledger in OUT/institutions)",
+    )
+    p.add_argument("--dp-delta", type=float, default=defaults.dp_delta)
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument(
+        "--engine",
+        choices=("ray", "inprocess"),
+        default="ray",
+        help="ray: Flower's simulation engine (default); inprocess: every institution's "
+        "ClientApp in this process, without Ray",
+    )
+    p.set_defaults(handler=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aidmp.analytics import load_query
+
+    query, _ = load_query(Path(args.query))  # a bad query: one line, before anything loads
+    cfg = RunConfig.from_flower(
+        {
+            "task": args.task,
+            "partition": args.partition,
+            "seed": args.seed,
+            "governance-policy": _policy_for(args),
+            "governance-scenario": args.scenario,
+            "out-dir": args.out,
+            "dp": True,
+            "dp-epsilon": args.dp_epsilon,
+            "dp-delta": args.dp_delta,
+            "central-eval": False,
+        }
+    )
+    from aidmp.tasks import check_task_name
+    from aidmp.tasks.partition import parse_partition
+
+    check_task_name(cfg.task)
+    parse_partition(cfg.partition)
+    from aidmp.server.analysis import ANALYSIS_NAME, ANALYSIS_PLOT
+    from aidmp.simulations.analysis import analyze  # heavy imports: late
+
+    result = analyze(cfg, query, args.institutions, verbose=args.verbose, engine=args.engine)
+    answered = len(result["institutions"]["answered"])
+    print(
+        f"{answered} of {result['institutions']['asked']} institution(s) answered; "
+        f"wrote {args.out}/{ANALYSIS_NAME} and {args.out}/{ANALYSIS_PLOT}"
+    )
     return 0
