@@ -1,0 +1,256 @@
+"""Federated statistics end to end: the coordinator's run_analysis, the real ClientApp's
+query handler (governance, the node's cap and budget, real ledgers, real noise) and the
+audit trail, in process (simulations/inprocess.py); one slow test on Flower's Ray engine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import PLDAccountant
+from flwr.app import Message
+
+from aidmp.analytics import load_query, parse_query, plan_query
+from aidmp.cli import main as cli_main
+from aidmp.config import RunConfig
+from aidmp.errors import DeclineCode
+from aidmp.governance.policy import load_policy
+from aidmp.privacy.audit import AUDIT_NAME, AuditLog, verify_audit_log
+from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
+from aidmp.server.analysis import ANALYSIS_NAME, ANALYSIS_PLOT, run_analysis
+from aidmp.simulations.inprocess import InProcessGrid
+from aidmp.simulations.runner import bundled_policy, prepare
+from aidmp.tasks import get_task
+from tests.recording import RecordingGrid
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "simulations" / "queries" / "adult.yaml"
+SMALL_QUERY = """
+epsilon: 1.0
+statistics:
+  - {name: rows, count: {}}
+  - {name: mean_age, mean: {column: age, bounds: [17, 90]}}
+  - {name: hours, histogram: {column: hours-per-week, bins: [1, 20, 35, 40, 45, 60, 99]}}
+"""
+
+
+def _cfg(out: Path, institutions: int = 3, **extra: object) -> RunConfig:
+    cfg = RunConfig.from_flower(
+        {
+            "task": "adult",
+            "partition": "dirichlet:0.5",
+            "out-dir": str(out),
+            "governance-policy": str(bundled_policy("adult")),
+            "dp": True,
+            "dp-epsilon": 3.0,
+            "central-eval": False,
+            **extra,
+        }
+    )
+    return prepare(cfg, institutions)
+
+
+def _run(tmp_path: Path, query_text: str = SMALL_QUERY, institutions: int = 3,
+         node_config=None, received: list[Message] | None = None, **extra: object):  # fmt: skip
+    cfg = _cfg(tmp_path / "out", institutions, **extra)
+    grid = InProcessGrid(institutions, node_config=node_config)
+    target = RecordingGrid(grid, received) if received is not None else grid
+    query = parse_query(query_text)
+    result = run_analysis(target, query, cfg, run_id=str(grid.run.run_id), quiet=True)
+    return cfg, query, result
+
+
+def _ledger(cfg: RunConfig, name: str) -> PrivacyLedger:
+    return PrivacyLedger.load(Path(cfg.out_dir) / "institutions" / name / LEDGER_NAME)
+
+
+def _independent_epsilon(query_text: str, delta: float) -> float:
+    """dp_accounting's PLD accountant over the query's events, one Gaussian each."""
+    policy = load_policy(bundled_policy("adult"))[0]
+    plan = plan_query(parse_query(query_text), policy)
+    accountant = PLDAccountant(value_discretization_interval=1e-4)
+    accountant.compose(
+        dp_accounting.ComposedDpEvent(
+            [dp_accounting.GaussianDpEvent(e.noise_multiplier) for e in plan.events()]
+        )
+    )
+    return float(accountant.get_epsilon(delta))
+
+
+def test_epsilon_charged_matches_an_independent_accountant(tmp_path):
+    cfg, query, result = _run(tmp_path)
+    expected = _independent_epsilon(SMALL_QUERY, query.delta)
+    charged = result["privacy"]["epsilon_by_institution"]
+    assert sorted(charged) == ["institution-0", "institution-1", "institution-2"]
+    for name, eps in charged.items():
+        ledger = _ledger(cfg, name)
+        assert ledger.spent() == pytest.approx(eps, rel=1e-9)  # the node's own figure
+        assert eps == pytest.approx(expected, rel=5e-3)
+        assert eps <= query.epsilon + 1e-9
+        (entry,) = ledger.entries
+        assert entry["release_kind"] == "analytics" and entry["mechanism"] == "gaussian"
+        assert ledger.verify() == []
+
+
+def test_a_query_over_budget_is_declined_and_the_ledger_untouched(tmp_path):
+    # Each institution's budget (0.5) is below the query's ε (1.0).
+    cfg, _, result = _run(tmp_path, **{"dp-epsilon": 0.5})
+    declined = result["institutions"]["declined"]
+    assert len(declined) == 3 and result["institutions"]["answered"] == []
+    assert {f["code"] for f in declined} == {DeclineCode.BUDGET_EXHAUSTED}
+    assert all(s["value"] is None for s in result["statistics"].values())
+    for i in range(3):
+        path = Path(cfg.out_dir) / "institutions" / f"institution-{i}" / LEDGER_NAME
+        assert not path.exists() or PrivacyLedger.load(path).entries == []
+
+
+def test_the_node_cap_declines_a_query_asking_too_much(tmp_path):
+    cap = {0: {"analytics-max-epsilon": 0.5}}
+    cfg, _, result = _run(tmp_path, node_config=lambda i: cap.get(i, {}))
+    (failure,) = result["institutions"]["declined"]
+    assert failure["institution"] == "institution-0"
+    assert failure["code"] == DeclineCode.BUDGET_EXHAUSTED
+    assert "analytics-max-epsilon" in str(failure["reason"])
+    assert result["institutions"]["answered"] == ["institution-1", "institution-2"]
+    path = Path(cfg.out_dir) / "institutions" / "institution-0" / LEDGER_NAME
+    assert not path.exists() or PrivacyLedger.load(path).entries == []
+
+
+def test_a_node_without_dp_releases_nothing(tmp_path):
+    _, _, result = _run(tmp_path, node_config=lambda i: {"dp": False} if i == 1 else {})
+    (failure,) = result["institutions"]["declined"]
+    assert failure["institution"] == "institution-1"
+    assert failure["code"] == DeclineCode.PRIVACY_POLICY
+    assert result["statistics"]["rows"]["institutions"] == 2
+
+
+def test_counts_below_min_count_never_leave_a_node(tmp_path):
+    query = """
+epsilon: 1.0
+min_count: 40
+statistics:
+  - {name: rows, count: {}}
+  - {name: very_old, count: {where: "age > 88"}}
+  - {name: hours, histogram: {column: hours-per-week, bins: [1, 2, 3, 40, 99]}}
+  - {name: mean_old, mean: {column: age, bounds: [17, 90], where: "age > 88"}}
+"""
+    received: list[Message] = []
+    _, _, result = _run(tmp_path, query, received=received)
+    replies = [m for m in received if not m.has_error()]
+    assert len(replies) == 3
+    seen_withheld = 0
+    for reply in replies:
+        # What a reply carries: the partial, the node's privacy spend, its governance
+        # summary; no rows, no paths.
+        assert set(reply.content.config_records) == {"analytics", "node", "governance"}
+        assert not reply.content.array_records and not reply.content.metric_records
+        text = json.dumps({k: dict(v) for k, v in reply.content.config_records.items()})
+        assert "/" + "tmp" not in text and str(tmp_path) not in text
+        partial = json.loads(str(reply.content.config_records["analytics"]["partial"]))
+        assert partial["min_count"] >= 40
+        for stat in partial["statistics"].values():
+            comps = stat["components"]
+            counts = comps["count"]["value"] if "count" in comps else None
+            cells = comps["counts"]["value"] if "counts" in comps else []
+            for value in ([counts] if counts is not None else []) + cells:
+                if value is not None:
+                    assert value >= 40
+            seen_withheld += stat["withheld"]
+    assert seen_withheld > 0  # the query's small figures were there to withhold
+    assert result["statistics"]["very_old"]["withheld"] > 0
+
+
+def _own_data_csv(path: Path) -> Path:
+    raw = get_task("adult").raw_train().iloc[:3000].copy()
+    raw["consent"] = "yes"
+    raw.to_csv(path, index=False)
+    return path
+
+
+def test_a_node_with_its_own_data_uses_its_own_policy_and_cap(tmp_path):
+    data = _own_data_csv(tmp_path / "site-a.csv")
+    own = {
+        "data": str(data),
+        "policy": str(bundled_policy("adult")),
+        "dp": True,
+        "dp-epsilon": 2.0,
+        "state-dir": str(tmp_path / "site-a"),
+        "name": "site-a",
+    }
+    # The run asks for a budget of 3 at every node; site-a keeps its own 2 and answers.
+    cfg, _, result = _run(tmp_path, node_config=lambda i: own if i == 0 else {})
+    assert "site-a" in result["institutions"]["answered"]
+    ledger = PrivacyLedger.load(tmp_path / "site-a" / LEDGER_NAME)
+    assert ledger.budget == 2.0 and len(ledger.entries) == 1
+    assert result["privacy"]["epsilon_by_institution"]["site-a"] == pytest.approx(ledger.spent())
+    # Its own cap below the query's ε: declined, whatever the run's settings.
+    capped = own | {"analytics-max-epsilon": 0.25, "state-dir": str(tmp_path / "site-b")}
+    _, _, result = _run(tmp_path / "again", node_config=lambda i: capped if i == 0 else {})
+    (failure,) = result["institutions"]["declined"]
+    assert failure["institution"] == "site-a"
+    assert failure["code"] == DeclineCode.BUDGET_EXHAUSTED
+    assert (
+        not (tmp_path / "site-b" / LEDGER_NAME).exists()
+        or not PrivacyLedger.load(tmp_path / "site-b" / LEDGER_NAME).entries
+    )
+
+
+def test_the_audit_log_verifies_and_records_the_analytics_release(tmp_path):
+    cfg, _, _ = _run(tmp_path, institutions=2)
+    for i in range(2):
+        folder = Path(cfg.out_dir) / "institutions" / f"institution-{i}"
+        assert verify_audit_log(folder / AUDIT_NAME) == []
+        (record,) = AuditLog(folder / AUDIT_NAME).records()
+        assert record["kind"] == "query.analytics-reply"
+        details = record["details"]
+        assert isinstance(details, dict) and details["release_kind"] == "analytics"
+        (entry,) = PrivacyLedger.load(folder / LEDGER_NAME).entries
+        assert entry["message_id"] == details["reply_to"]  # the release the ledger charged
+        assert record["epsilon_charged"] == pytest.approx(entry["epsilon_after"])
+
+
+def test_analysis_json_has_the_documented_shape(tmp_path):
+    cfg, query, result = _run(tmp_path, EXAMPLE.read_text(), institutions=2)
+    out = Path(cfg.out_dir)
+    on_disk = json.loads((out / ANALYSIS_NAME).read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    assert (out / ANALYSIS_PLOT).stat().st_size > 0
+    assert set(on_disk) >= {"format", "query", "statistics", "privacy", "institutions"}
+    assert set(on_disk["query"]) >= {"digest", "epsilon", "delta", "canonical"}
+    assert set(on_disk["privacy"]) >= {
+        "epsilon_per_institution", "delta", "epsilon_by_institution", "declined",
+    }  # fmt: skip
+    assert [s.name for s in query.statistics] == list(on_disk["statistics"])
+    for stat in on_disk["statistics"].values():
+        assert set(stat) >= {"kind", "value", "std_error", "ci95", "epsilon", "institutions",
+                             "withheld"}  # fmt: skip
+    rows = on_disk["statistics"]["rows"]
+    assert rows["ci95"][0] < rows["value"] < rows["ci95"][1]
+    assert len(on_disk["statistics"]["hours"]["value"]) == 6
+
+
+def test_a_bad_query_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "q.yaml"
+    bad.write_text("epsilon: -1\nstatistics: []\n")
+    assert cli_main(["analyze", "--query", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aidmp: error:") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_aidmp_analyze_on_flowers_ray_engine(tmp_path, capsys):
+    out = tmp_path / "analysis"
+    code = cli_main(
+        ["analyze", "--query", str(EXAMPLE), "--out", str(out), "--institutions", "3",
+         "--task", "adult", "--govern"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((out / ANALYSIS_NAME).read_text())
+    assert result["institutions"]["answered"] == [f"institution-{i}" for i in range(3)]
+    query, _ = load_query(EXAMPLE)
+    for eps in result["privacy"]["epsilon_by_institution"].values():
+        assert 0 < eps <= query.epsilon
+    assert (out / ANALYSIS_PLOT).is_file()
+    assert "statistic" in capsys.readouterr().out  # the budget table came first
