@@ -1094,20 +1094,29 @@ def scan_column(
     return findings
 
 
-_INTERNATIONAL_RE = r"(?:\+|00)[1-9][0-9 ().\-/]{6,20}(?:[ ]*(?:x|ext\.?)[ ]*[0-9]{1,6})?"
+# "+44 ...", or "0044 ..." with a separator: bare "0042319..." is as often a padded code.
+_INTERNATIONAL_RE = (
+    r"(?:\+[1-9][0-9 ().\-/]{6,20}|00[1-9][0-9]{0,3}[ ().\-/][0-9 ().\-/]{5,20})"
+    r"(?:[ ]*(?:x|ext\.?)[ ]*[0-9]{1,6})?"
+)
+# A column counts when this share of its values is written with a country code.
+REGION_COLUMN_SHARE = 0.2
 
 
 def infer_phone_regions(df: pd.DataFrame) -> tuple[str, ...]:
     """The regions of the phone numbers written with a country code in `df`'s text
-    columns (+44 ..., 0044 ...): each region holding at least `REGION_MIN_SHARE` of
-    them, most frequent first, at most `MAX_INFERRED_REGIONS`. A site whose numbers are
-    all national (no country code) must name its region in the policy."""
+    columns (+44 ..., 0044 ...) that hold at least `REGION_COLUMN_SHARE` of them: each
+    region holding at least `REGION_MIN_SHARE` of those numbers, most frequent first,
+    at most `MAX_INFERRED_REGIONS`. A site whose numbers are all national (no country
+    code) must name its region in the policy."""
     found: dict[str, int] = {}
     for _, series in df.items():
         if not (ptypes.is_string_dtype(series.dtype) or ptypes.is_object_dtype(series.dtype)):
             continue
         head = series.dropna().head(SAMPLE_HEAD).astype(str).str.strip()
         international = head[_full(head, _INTERNATIONAL_RE)]
+        if len(international) < max(REGION_COLUMN_SHARE * len(head), 1):
+            continue  # not a column of phone numbers
         for value in _spread(np.arange(len(international)), 200):
             region = phones.region_of(str(international.iloc[value]))
             if region is not None:
