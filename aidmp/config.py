@@ -99,6 +99,9 @@ class RunConfig(BaseModel):
         alias="state-root",
         description="simulation: nodes' state folders; '' = OUT/institutions",
     )
+    # --- analytics (server/analysis.py): a query's canonical JSON; the run then asks the
+    # nodes for it instead of training (`aidmp run --analysis Q.yaml` fills it in).
+    analysis: str = Field("", description="a query's canonical JSON: run it instead of training")
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

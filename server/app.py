@@ -1,4 +1,9 @@
-"""The coordinator's Flower ServerApp (`[tool.flwr.app.components] serverapp`)."""
+"""The coordinator's Flower ServerApp (`[tool.flwr.app.components] serverapp`).
+
+It trains (server/federation.py), or, when the run config's `analysis` holds a query's
+canonical JSON (`aidmp run --analysis Q.yaml`), asks the nodes for that query instead
+(server/analysis.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from aidmp.analytics import parse_query
 from aidmp.config import RunConfig
+from aidmp.server.analysis import run_analysis
 from aidmp.server.federation import run_federation
 
 app = ServerApp()
@@ -23,4 +30,9 @@ def main(grid: Grid, context: Context) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    run_federation(grid, RunConfig.from_flower(context.run_config), run_id=str(context.run_id))
+    cfg = RunConfig.from_flower(context.run_config)
+    if cfg.analysis:
+        query = parse_query(cfg.analysis, source="run-config analysis")
+        run_analysis(grid, query, cfg, run_id=str(context.run_id))
+        return
+    run_federation(grid, cfg, run_id=str(context.run_id))

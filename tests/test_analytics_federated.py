@@ -254,3 +254,48 @@ def test_aidmp_analyze_on_flowers_ray_engine(tmp_path, capsys):
         assert 0 < eps <= query.epsilon
     assert (out / ANALYSIS_PLOT).is_file()
     assert "statistic" in capsys.readouterr().out  # the budget table came first
+
+
+def test_a_deployed_run_carries_the_query_in_its_run_config(tmp_path):
+    """`aidmp run --analysis Q.yaml`: the query travels as the run config's `analysis`
+    (a TOML file, since the JSON is long and quoted), and the ServerApp answers it with
+    run_analysis instead of training."""
+    import tomllib
+
+    from flwr.app import Context, RecordDict
+
+    from aidmp.cli.coordinator import analysis_run_config
+    from aidmp.server.app import main as server_main
+
+    out = tmp_path / "out"
+    toml = analysis_run_config(
+        f"num-rounds=2 out-dir='{out}' min-nodes=2 central-eval=false", str(EXAMPLE), tmp_path
+    )
+    pairs = tomllib.loads(Path(toml).read_text())
+    cfg = RunConfig.from_flower(pairs)
+    query, digest = load_query(EXAMPLE)
+    assert parse_query(cfg.analysis).digest() == digest and cfg.num_rounds == 2
+    # In simulation the run config also names the governance policy; a deployed node
+    # would use its own.
+    run_config = pairs | {"governance-policy": str(bundled_policy("adult")),
+                          "partition": "iid"}  # fmt: skip
+    grid = InProcessGrid(2)
+    context = Context(
+        run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(),
+        run_config=run_config,
+    )  # fmt: skip
+    server_main(grid, context)
+    result = json.loads((out / ANALYSIS_NAME).read_text())
+    assert result["query"]["digest"] == digest
+    assert result["institutions"]["answered"] == ["institution-0", "institution-1"]
+    assert not (out / "checkpoint.npz").exists()  # nothing trained
+
+
+def test_a_deployed_query_must_state_its_metadata(tmp_path):
+    from aidmp.cli.coordinator import analysis_run_config
+    from aidmp.errors import AidmpError
+
+    query = tmp_path / "q.yaml"
+    query.write_text("epsilon: 1\nstatistics:\n  - {name: e, histogram: {column: education}}\n")
+    with pytest.raises(AidmpError, match="states every bound"):
+        analysis_run_config("", str(query), tmp_path)

@@ -93,7 +93,54 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="continue the job from OUT/checkpoint.npz (after a coordinator restart); "
         "the same as resume=true in --run-config",
     )
+    p.add_argument(
+        "--analysis",
+        metavar="QUERY",
+        help="ask the nodes for this federated statistics query (YAML) instead of "
+        "training; every bound, bin and category must be stated in it",
+    )
     p.set_defaults(handler=_run_run)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    import json
+
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def analysis_run_config(run_config: str, query_path: str, folder: object) -> str:
+    """A run-config TOML file holding `run_config`'s pairs and `analysis`: the query's
+    canonical JSON (too long and too quoted for a key=value pair). Checked first: a
+    query that leaves bounds or categories to a policy fails here, in one line."""
+    from pathlib import Path
+
+    from flwr.common.config import parse_config_args
+
+    from aidmp.analytics import QueryError, load_query, plan_query
+    from aidmp.errors import AidmpError
+
+    query, _ = load_query(Path(query_path))
+    try:
+        plan_query(query)
+    except QueryError as exc:
+        raise AidmpError(
+            f"{exc}; the coordinator holds no node's policy, so a deployed query states "
+            "every bound, bin and category itself"
+        ) from None
+    try:
+        pairs = parse_config_args([run_config]) if run_config.strip() else {}
+    except Exception as exc:
+        raise AidmpError(f"--run-config: {exc}") from None
+    import json
+
+    pairs["analysis"] = json.dumps(query.canonical(), sort_keys=True)
+    path = Path(str(folder)) / "analysis-run-config.toml"
+    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in pairs.items()))
+    return str(path)
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -107,6 +154,13 @@ def _run_run(args: argparse.Namespace) -> int:
     name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
     cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
     run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
+    if args.analysis:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            toml = analysis_run_config(run_config, args.analysis, folder)
+            cmd += ["--run-config", toml]
+            return subprocess.run(cmd, env=flwr_env(home)).returncode
     if run_config.strip():
         cmd += ["--run-config", run_config.strip()]
     code = subprocess.run(cmd, env=flwr_env(home)).returncode
