@@ -310,3 +310,22 @@ def test_unexpected_column_names_stay_out_of_shared_reasons():
     assert not result.admitted
     assert "alice" not in " ".join(result.reasons)
     assert "alice" in " ".join(result.local_reasons)
+
+
+def test_govern_init_takes_the_sites_phone_region_and_refuses_an_unknown_one(tmp_path):
+    """UK numbers written nationally (no +44) are phones only once the site says GB."""
+    data = tmp_path / "rows.csv"
+    frame = _frame(120)
+    frame["contact_no"] = [f"0113 496 {i:04d}" for i in range(120)]  # Ofcom's drama range
+    frame.to_csv(data, index=False)
+    policy = tmp_path / "policy.yaml"
+    init = _aidmp("govern", "init", str(data), "--out", str(policy), "--label", "y",
+                  "--phone-region", "gb")  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    text = policy.read_text()
+    assert "contact_no: identifier, drop: phone numbers" in text
+    assert load_policy(policy)[0].detection.phone_regions == ["GB"]
+    bad = _aidmp("govern", "init", str(data), "--out", str(tmp_path / "p2.yaml"),
+                 "--phone-region", "XX")  # fmt: skip
+    assert bad.returncode == 2 and "--phone-region XX" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -100,6 +100,13 @@ def add_govern(sub: argparse._SubParsersAction) -> None:
     init.add_argument("data", help="a CSV or Parquet file")
     init.add_argument("--out", required=True, help="where to write the draft policy YAML")
     init.add_argument("--label", help="the label column (default: the last column)")
+    init.add_argument(
+        "--phone-region",
+        action="append",
+        metavar="CC",
+        help="the site's country for phone numbers written without a country code (ISO "
+        "3166 code, e.g. GB; repeat for more). Default: those of the file's +CC numbers",
+    )
     init.set_defaults(handler=_run_govern)
     check = verbs.add_parser(
         "check", help="run the pipeline; exit 0 if the data passes, 1 with reasons if not"
@@ -126,7 +133,17 @@ def _run_govern(args: argparse.Namespace) -> int:
         frame = load_table(data)
         if args.label and args.label not in frame.columns:
             raise AidmpError(f"--label {args.label!r} is not a column of {data}")
-        draft = draft_policy(frame, args.label)
+        regions = [r.upper() for r in args.phone_region] if args.phone_region else None
+        if regions:
+            import phonenumbers
+
+            unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
+            if unknown:
+                raise AidmpError(
+                    f"--phone-region {', '.join(unknown)}: not a country code libphonenumber "
+                    "knows; give an ISO 3166 code such as GB, DE or IN"
+                )
+        draft = draft_policy(frame, args.label, phone_regions=regions)
         write_draft(draft, data, out)
         tags = [f"{c}={r['tag']}" for c, r in draft["columns"].items() if r["tag"] != "public"]
         print(f"wrote {out}: {len(draft['columns'])} columns, label {draft['label']!r}")
