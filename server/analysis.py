@@ -174,6 +174,8 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
         return "-"
     if isinstance(value, float) and not math.isfinite(value):
         return "-"
+    if isinstance(value, int | float) and spec == ".4g" and abs(value) >= 1000:
+        return f"{value:.0f}"  # counts: whole numbers, not 3.242e+04
     return format(value, spec)
 
 
@@ -199,7 +201,7 @@ def format_result(result: dict[str, Any]) -> str:
     )
     for name, reason in privacy["declined"].items():
         lines.append(f"declined: {name}: {reason}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _labels(s: dict[str, Any]) -> list[str]:
