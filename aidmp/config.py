@@ -73,6 +73,19 @@ class RunConfig(BaseModel):
     dp_metrics_share: float = Field(
         0.1, alias="dp-metrics-share", gt=0, lt=1, description="of the budget, for figures"
     )
+    # local: each node runs DP-SGD on its own and noises its own update. distributed: a
+    # round is one DP-SGD step over the sampled nodes' pooled rows; each node adds a
+    # 1/min-nodes share of the noise variance to its clipped gradient sum (HE required).
+    dp_mode: Literal["local", "distributed"] = Field(
+        "local", alias="dp-mode", description="local, or distributed (HE, min-nodes >= 3)"
+    )
+    dp_sample_rate: float = Field(
+        0.05,
+        alias="dp-sample-rate",
+        gt=0,
+        le=1,
+        description="distributed mode: the public Poisson rate q every node samples rows with",
+    )
     # --- client-level DP (plaintext runs): nodes clip their update, the coordinator adds
     # noise to the mean (Flower's DifferentialPrivacyClientSideFixedClipping).
     client_dp: bool = Field(False, alias="client-dp")
@@ -128,6 +141,8 @@ class RunConfig(BaseModel):
                 f"{self.min_available_nodes}: rounds could start with fewer nodes than one "
                 "needs to aggregate; lower min-nodes too, or raise min-available-nodes"
             )
+        if self.dp_mode == "distributed":
+            self._check_distributed()
         if not self.he:
             return
         if self.strategy not in HE_STRATEGIES:
@@ -148,6 +163,33 @@ class RunConfig(BaseModel):
         if not self.he_keys:
             raise AidmpError(
                 "he=true needs he-keys: the path of coordinator.ckks from `aidmp keys init`"
+            )
+
+    def _check_distributed(self) -> None:
+        """dp-mode=distributed: each node adds only a 1/min-nodes share of the noise, so
+        the coordinator must never see one contribution alone (HE), and a sum must hold
+        at least min-nodes of them (privacy/distributed.py)."""
+        if not self.dp:
+            raise AidmpError(
+                "dp-mode=distributed needs dp=true: it is a way of adding DP-SGD's noise"
+            )
+        if not self.he:
+            raise AidmpError(
+                "dp-mode=distributed needs he=true: each institution adds only a share of "
+                "the noise, so the coordinator must never see an individual contribution; "
+                "run with he=true, or use dp-mode=local"
+            )
+        if self.min_nodes < 3:
+            raise AidmpError(
+                f"dp-mode=distributed needs min-nodes >= 3 (got {self.min_nodes}): each "
+                "institution adds 1/min-nodes of the noise variance, and with fewer "
+                "contributions an institution that saw the sum could subtract its own and "
+                "read the other's; set min-nodes close to the federation's size"
+            )
+        if self.strategy != "fedavg":
+            raise AidmpError(
+                f"dp-mode=distributed takes one DP-SGD step a round, summed at the "
+                f"coordinator: strategy fedavg only, not {self.strategy}"
             )
 
     def to_flower(self) -> dict[str, Any]:

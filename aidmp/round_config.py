@@ -74,6 +74,11 @@ class RoundConfig(BaseModel):
     dp_accountant: str | None = Field(None, alias="dp-accountant")
     dp_metrics: str | None = Field(None, alias="dp-metrics")
     dp_metrics_share: float | None = Field(None, alias="dp-metrics-share")
+    # Distributed DP (privacy/distributed.py): absent means local, today's mode. The
+    # sample rate q and k_min (the run's min-nodes) are public, the same for every node.
+    dp_mode: str = Field("local", alias="dp-mode")
+    dp_sample_rate: float | None = Field(None, alias="dp-sample-rate")
+    dp_min_contributions: int = Field(0, alias="dp-min-contributions")
     # Never sent by our coordinator; a node has always honoured it from a round config.
     dp_grad_sample_mode: str | None = Field(None, alias="dp-grad-sample-mode")
     # --- simulation only: a deployed node's own node config wins (''= not set) -------

@@ -34,13 +34,14 @@ from aidmp.client.data import institution_name, ledger_key, local_data, node_sta
 from aidmp.client.decline import decline, decline_for, require_own_state_dir
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
-from aidmp.errors import AidmpError, DeclineCode, HeError, RoundConfigError
+from aidmp.errors import AidmpError, DeclineCode, HeError, PrivacyError, RoundConfigError
 from aidmp.node_config import has_own_data
 from aidmp.privacy.he.node import HeRound
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
 from aidmp.privacy.metrics import NoisyMetrics
 from aidmp.privacy.node_round import (
     PrivacySpend,
+    distributed_private_round,
     release_private_metrics,
     release_seed,
     train_private_round,
@@ -169,7 +170,31 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": len(data.y_train),
         CLIENT_WEIGHT_KEY: 1,
     }
-    if policy is None:
+    share = None
+    if config.dp_mode == "distributed":  # one DP-SGD step over the pooled rows, shared out
+        if policy is None or he is None:
+            raise PrivacyError(
+                "dp-mode=distributed needs DP at this node and an encrypted round: its "
+                "update carries only a share of the noise (privacy/distributed.py)"
+            )
+        share, spend = distributed_private_round(
+            model,
+            data,
+            policy=policy,
+            dataset_id=ledger_key(context.node_config, config),
+            run_id=str(context.run_id),
+            server_round=config.server_round,
+            num_rounds=config.num_rounds,
+            sample_rate=float(config.dp_sample_rate or 0.0),
+            min_contributions=config.dp_min_contributions,
+            job_id=config.job_id or None,
+            message_id=msg.metadata.message_id,
+            seed=release_seed(
+                _round_seed(config, context), own_data=has_own_data(context.node_config)
+            ),
+        )
+        node |= spend.as_record()
+    elif policy is None:
         metrics["train-loss"] = task.train(model, data.x_train, data.y_train, **hyper)
     else:
         # Where a budget is charged: privacy/node_round.py, before and after DP-SGD.
@@ -197,6 +222,8 @@ def train(msg: Message, context: Context) -> Message:
         reply["governance"] = ConfigRecord({k: v for k, v in governed.summary.items() if v != []})
     if he is None:
         reply["arrays"] = ArrayRecord(model.state_dict())
+    elif share is not None:  # noise share already in it; leaves only as ciphertext
+        reply[UPDATE_KEY] = he.encrypt_share(share.gradient_sum)
     else:  # the update leaves the node only as ciphertext (noise already in it under DP)
         reply[UPDATE_KEY] = he.encrypt_reply(
             model,

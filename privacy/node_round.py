@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from aidmp.errors import PrivacyError
+from aidmp.privacy.distributed import NoisyShare, distributed_shape, noisy_gradient_share
 from aidmp.privacy.dp import RoundShape, check_delta, plan_noise_multiplier, train_dp
 from aidmp.privacy.ledger import (
     METRICS,
@@ -205,6 +206,55 @@ def train_private_round(
         )
         release = ledger.releases_of(job_id or run_id, server_round)
         return loss, PrivacySpend(
+            after, after - before, ledger.delta, ledger.budget - after, sigma, release
+        )
+
+
+def distributed_private_round(
+    model: nn.Module,
+    data: LocalData,
+    *,
+    policy: DPPolicy,
+    dataset_id: str,
+    run_id: str,
+    server_round: int,
+    num_rounds: int,
+    sample_rate: float,
+    min_contributions: int,
+    job_id: str | None = None,
+    message_id: str = "",
+    seed: int | None,
+) -> tuple[NoisyShare, PrivacySpend]:
+    """This node's share of one distributed DP-SGD step (privacy/distributed.py), charged
+    to the ledger as Charge(σ, q, 1): what central DP-SGD over the pooled rows charges.
+    σ is planned as in local mode, by the same accountant, for the run's rounds of one
+    step at the public q; over budget raises BudgetExhausted before the data is touched."""
+    check_delta(policy.delta, len(data.y_train))
+    with ledger_lock(policy.state_dir):
+        ledger = open_ledger(policy, dataset_id)
+        shape = distributed_shape(sample_rate)
+        sigma = plan_sigma(ledger, policy, shape, run_id, server_round, num_rounds)
+        before = ledger.spent()
+        ledger.check(shape.charge(sigma))
+        share = noisy_gradient_share(
+            model,
+            data.x_train,
+            data.y_train,
+            sample_rate=sample_rate,
+            noise_multiplier=sigma,
+            max_grad_norm=policy.max_grad_norm,
+            min_contributions=min_contributions,
+            seed=seed,
+        )
+        after = ledger.charge(
+            shape.charge(sigma),
+            run_id=run_id,
+            round=server_round,
+            job_id=job_id,
+            message_id=message_id,
+        )
+        release = ledger.releases_of(job_id or run_id, server_round)
+        return share, PrivacySpend(
             after, after - before, ledger.delta, ledger.budget - after, sigma, release
         )
 

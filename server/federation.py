@@ -124,6 +124,7 @@ def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord
         dp_accountant=cfg.dp_accountant,
         dp_metrics=cfg.dp_metrics,
         dp_metrics_share=cfg.dp_metrics_share,
+        **_distributed_keys(cfg),
         state_root=state_root,
         # Simulation only: the key ceremony's folder, so virtual nodes find their
         # secret context in it. A deployed node's own he-keys node config wins.
@@ -134,6 +135,17 @@ def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord
         else "",
         governance_scenario=cfg.governance_scenario,
     ).to_config_record()
+
+
+def _distributed_keys(cfg: RunConfig) -> dict[str, Any]:
+    """dp-mode=distributed's public settings; nothing in local mode (older nodes)."""
+    if cfg.dp_mode != "distributed":
+        return {}
+    return {
+        "dp_mode": cfg.dp_mode,
+        "dp_sample_rate": cfg.dp_sample_rate,
+        "dp_min_contributions": cfg.min_nodes,
+    }
 
 
 def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, Any]:

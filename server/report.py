@@ -13,6 +13,7 @@ from flwr.serverapp.strategy import Strategy
 
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
+from aidmp.privacy.distributed import distributed_summary
 from aidmp.privacy.he.keys import inspect_context
 from aidmp.server.budget_watch import low_budget_sites
 from aidmp.strategies.client_dp import ClientLevelDP
@@ -39,7 +40,25 @@ def run_report(
     report["privacy"]["low_budget"] = low_budget_sites(history)
     report["governance"] = governance_report(history)
     report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))
+    if cfg.dp_mode == "distributed" and isinstance(strategy, EncryptedFedAvg):
+        report["privacy"]["distributed"] = _distributed_report(cfg, strategy, history)
     return report
+
+
+def _distributed_report(
+    cfg: RunConfig, strategy: EncryptedFedAvg, history: list[dict[str, Any]]
+) -> dict[str, object]:
+    """dp-mode=distributed: the shares' noise, and the HE error beside it."""
+    spends = [spend for rec in history for spend in rec.get("privacy", {}).values()]
+    sigmas = [float(s["noise-multiplier"]) for s in spends if "noise-multiplier" in s]
+    return distributed_summary(
+        cfg.dp_sample_rate,
+        cfg.min_nodes,
+        cfg.dp_max_grad_norm,
+        sigmas,
+        max((rec.get("train_replies", 0) for rec in history), default=0),
+        strategy.weight_unit,
+    )
 
 
 def build_report(
@@ -150,6 +169,7 @@ def _privacy_report(cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, 
     return {
         "privacy": {
             "dp": cfg.dp,
+            "mode": cfg.dp_mode if cfg.dp else None,
             "epsilon_budget": cfg.dp_epsilon if cfg.dp else None,
             "epsilon_by_institution": dict(sorted(latest.items())),
             "delta": (deltas.pop() if len(deltas) == 1 else sorted(deltas)) if deltas else None,

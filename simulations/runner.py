@@ -64,6 +64,11 @@ def prepare(cfg: RunConfig, institutions: int) -> RunConfig:
     spec = parse_partition(cfg.partition)
     if institutions < 1:
         raise AidmpError("--institutions must be at least 1")
+    if cfg.dp_mode == "distributed" and institutions < cfg.min_nodes:
+        raise AidmpError(
+            f"dp-mode=distributed with min-nodes={cfg.min_nodes} needs at least that many "
+            f"institutions, not {institutions}: a sum of fewer noise shares is never used"
+        )
     data = load_dataset(cfg.task)  # also reports a missing dataset package
     partition_indices(data.y_train, institutions, spec, cfg.seed)  # raises if a part is empty
     check_out_dir(Path(cfg.out_dir))

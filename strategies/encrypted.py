@@ -47,6 +47,8 @@ class EncryptedFedAvg(FedAvg):
         server_momentum: float = 0.0,
         server_learning_rate: float = 1.0,
         proximal_mu: float = 0.0,
+        distributed_sample_rate: float | None = None,
+        distributed_learning_rate: float = 1.0,
         **fedavg: Any,  # FedAvg's own keyword arguments (sampling, weighting)
     ) -> None:
         super().__init__(**fedavg)
@@ -60,6 +62,10 @@ class EncryptedFedAvg(FedAvg):
         self.server_momentum = server_momentum
         self.server_learning_rate = server_learning_rate
         self.proximal_mu = proximal_mu  # FedProx: the term is applied at the nodes
+        # dp-mode=distributed: replies are shares of one DP-SGD step (privacy/distributed.py),
+        # summed and multiplied by −η·m/(q·Σn), never averaged; None for FedAvg's mean.
+        self.distributed_sample_rate = distributed_sample_rate
+        self.distributed_learning_rate = distributed_learning_rate
         self._current: EncryptedGlobal | None = None
         self._sum: EncryptedSum | None = None
         self._weight = 0.0  # Σ n/m over this round's replies: what the sum is divided by
@@ -68,6 +74,11 @@ class EncryptedFedAvg(FedAvg):
         self._metrics: list[RecordDict] = []
         self.bytes_received = 0  # ciphertext bytes nodes sent this round
         self.bytes_broadcast = 0  # ciphertext bytes the coordinator sent this round
+
+    @property
+    def weight_unit(self) -> float:
+        """The weight unit m of the current global state (1 before the first round)."""
+        return self._current.weight_unit if self._current is not None else 1.0
 
     # --- the global state --------------------------------------------------------
     def initial_state(self, model_state: Mapping[str, torch.Tensor]) -> ArrayRecord:
@@ -165,9 +176,20 @@ class EncryptedFedAvg(FedAvg):
         assert self._sum is not None and self._current is not None
         if self._sum.count == 0:
             return None, None
-        unit = weight_unit_for(self._examples)
+        total_weight, unit = self._weight, weight_unit_for(self._examples)
+        if self.distributed_sample_rate is not None:
+            if self._sum.count < self.min_train_nodes:
+                # Too few noise shares: the sum is dropped here, never sent to anyone.
+                log.warning("round %d not aggregated: %d contributions, %d needed",
+                            server_round, self._sum.count, self.min_train_nodes)  # fmt: skip
+                self._sum = None
+                return None, None
+            # Σ (g_i+z_i)/m × −η·m/(q·Σn): the expected batch q·Σn is public (Σn reported).
+            scaled = self.distributed_sample_rate * self._examples / self.distributed_learning_rate
+            total_weight = -scaled / self._current.weight_unit
+            unit = weight_unit_for(scaled)
         try:
-            mean, mean_check = self._sum.mean(self._weight)
+            mean, mean_check = self._sum.mean(total_weight)
         except HeError as exc:
             # Only before the coordinator has seen a round's W (a job's first round, with
             # over ~67,000 examples): the nodes weighted by an outdated unit. Skip the
@@ -178,6 +200,9 @@ class EncryptedFedAvg(FedAvg):
             return None, None
         self._next_unit = None
         current = self._current
+        if self.distributed_sample_rate is not None:
+            # Each share's check slot holds 1/m, not its weight: the sum's holds count/m.
+            mean_check *= self._sum.count / current.weight_unit / total_weight
         model = add_vectors(self.context, current.model, mean)
         self._current = EncryptedGlobal(
             size=current.size,

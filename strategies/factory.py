@@ -72,6 +72,8 @@ def _encrypted_strategy(cfg: RunConfig) -> EncryptedFedAvg:
         server_momentum=cfg.server_momentum if momentum else 0.0,
         server_learning_rate=cfg.server_learning_rate if momentum else 1.0,
         proximal_mu=cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+        distributed_sample_rate=cfg.dp_sample_rate if cfg.dp_mode == "distributed" else None,
+        distributed_learning_rate=cfg.learning_rate,
         **_sampling(cfg),
     )
 

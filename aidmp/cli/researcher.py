@@ -78,6 +78,20 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
         default=defaults.dp_metrics_share,
         help="the share of the budget the run's noised figures may cost on their own",
     )
+    p.add_argument(
+        "--dp-mode",
+        choices=("local", "distributed"),
+        default=defaults.dp_mode,
+        help="local: each institution noises its own DP-SGD; distributed: a round is one "
+        "DP-SGD step over the pooled rows, each institution adding a 1/min-nodes share of "
+        "the noise (needs --he and --min-nodes >= 3)",
+    )
+    p.add_argument(
+        "--dp-sample-rate",
+        type=float,
+        default=defaults.dp_sample_rate,
+        help="--dp-mode distributed: the public Poisson rate q of every institution's rows",
+    )
     p.add_argument("--no-dp", action="store_true", help="train without DP-SGD (a baseline)")
     p.add_argument(
         "--client-dp",
@@ -176,6 +190,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
             "fraction-train": args.fraction_train,
             "fraction-evaluate": args.fraction_evaluate,
             "min-nodes": args.min_nodes,
+            # The simulation waits for every institution (runner.prepare).
+            "min-available-nodes": max(args.institutions, args.min_nodes),
             "proximal-mu": args.proximal_mu,
             "server-momentum": args.server_momentum,
             "server-learning-rate": args.server_lr,
@@ -196,6 +212,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
             "dp-noise-multiplier": args.dp_noise_multiplier,
             "dp-metrics": args.dp_metrics,
             "dp-metrics-share": args.dp_metrics_share,
+            "dp-mode": args.dp_mode,
+            "dp-sample-rate": args.dp_sample_rate,
             "client-dp": args.client_dp,
             "client-dp-noise-multiplier": args.client_dp_noise_multiplier,
             "client-dp-clipping-norm": args.client_dp_clipping_norm,
@@ -231,6 +249,13 @@ def _run_simulate(args: argparse.Namespace) -> int:
             f"{privacy['epsilon_budget']:g} per institution (delta {privacy['delta']}); "
             f"{len(privacy['declined'])} declined round(s)"
         )
+        shared = privacy.get("distributed")
+        if shared:
+            print(
+                f"distributed DP: one step a round at q={shared['sample_rate']:g}, each sum of "
+                f">= {shared['min_contributions']} shares carries noise std >= "
+                f"{shared['sum_noise_std_at_least']}; HE error <= {shared['he_error_bound']:.2g}"
+            )
     he = summary["he"]
     if he["enabled"]:
         p = he["params"]

@@ -98,3 +98,10 @@ class HeRound:
             update += momentum * self.momentum
         chunks = encrypt_update(self.context, update, weight / self.weight_unit)
         return ConfigRecord({"chunks": chunks, "fingerprint": self.fingerprint})
+
+    def encrypt_share(self, noisy_gradient_sum: np.ndarray) -> ConfigRecord:
+        """Distributed DP (privacy/distributed.py): encrypt((g_i + z_i)/m), check 1/m. The
+        coordinator sums these and multiplies by −η·m/(q·Σn): one DP-SGD step on G."""
+        share = np.asarray(noisy_gradient_sum, dtype=np.float64)
+        chunks = encrypt_update(self.context, share, 1.0 / self.weight_unit)
+        return ConfigRecord({"chunks": chunks, "fingerprint": self.fingerprint})
