@@ -170,11 +170,16 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
         """The replies to `message_ids` that are ready, after running the ClientApp for the
         first of them still waiting: a caller that pulls in a loop folds in one reply at a
-        time, as it would from a busy SuperLink."""
+        time, as it would from a busy SuperLink. An id this grid does not hold (never
+        pushed, or its reply already pulled) is answered, as by Flower's SuperLink, with
+        a MESSAGE_UNAVAILABLE error."""
         wanted = list(dict.fromkeys(message_ids))
         waiting = next((m for m in wanted if m in self._pending), None)
         if waiting is not None:
             self._replies[waiting] = self._deliver(self._pending.pop(waiting))
+        for m in wanted:
+            if m not in self._pending and m not in self._replies:
+                self._replies[m] = create_message_error_unavailable_ins_message(m, self._run.run_id)
         return [self._replies.pop(m) for m in wanted if m in self._replies]
 
     def send_and_receive(
