@@ -17,7 +17,9 @@ The node:
    data), withholds figures under min_count (the larger of the query's and its policy's),
    charges its ledger (release kind "analytics", the message id, the job id), and only
    then replies: the partials (with each component's σ and Δ, both public), the ε this
-   query cost and the ledger's spend. The audit mod records the reply.
+   query cost and the ledger's spend. The audit mod records the reply. When the query
+   says he=true, the values leave only as CKKS ciphertext under the node's key, with a
+   plaintext skeleton that says which values were withheld.
 
 Nothing else leaves: no rows, no paths, no exact counts.
 """
@@ -35,7 +37,8 @@ from aidmp.client.decline import require_own_state_dir
 from aidmp.client.governed import governed_data
 from aidmp.errors import DeclineCode, PrivacyError, RoundConfigError
 from aidmp.node_config import has_own_data
-from aidmp.privacy.analytics_release import release_query
+from aidmp.privacy.analytics_release import encrypt_partial, release_query
+from aidmp.privacy.he.node import node_keys
 from aidmp.privacy.node_round import release_seed
 from aidmp.privacy.policy import resolve_node_privacy
 from aidmp.round_config import RECORD_NAME, RoundConfig
@@ -57,6 +60,10 @@ class AnalyticsNeedsDP(PrivacyError):
     """A node without DP releases no statistics (103)."""
 
     decline_code = DeclineCode.PRIVACY_POLICY
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 def _query_text(msg: Message) -> tuple[str, str]:
@@ -113,6 +120,9 @@ def answer_query(msg: Message, context: Context) -> Message:
     seed = release_seed(
         config.seed * 1_000_003 + node_index + _QUERY_SEED_OFFSET, own_data=own_data
     )
+    # Under HE, the node's key first: a node that could not encrypt must not charge.
+    he = _truthy(msg.content.config_records[QUERY_RECORD].get("he", False))
+    keys = node_keys(context.node_config, config.he_keys) if he else None
     partial, spend = release_query(
         governed.frame,
         plan,
@@ -131,11 +141,19 @@ def answer_query(msg: Message, context: Context) -> Message:
     node |= spend.as_record()
     if privacy.refused:
         node["refused"] = "; ".join(privacy.refused)
+    answer: dict[str, ConfigRecordValues] = {"digest": plan.digest}
+    if keys is not None:
+        # Under HE the values leave only as ciphertext; the skeleton says which were
+        # withheld (privacy/analytics_release.py), as a plaintext partial would.
+        context_he, fingerprint = keys
+        chunks, skeleton = encrypt_partial(context_he, partial, plan)
+        answer |= {"chunks": chunks, "fingerprint": fingerprint,
+                   "skeleton": json.dumps(skeleton, sort_keys=True)}  # fmt: skip
+    else:
+        answer["partial"] = json.dumps(partial, sort_keys=True)
     reply = RecordDict(
         {
-            PARTIAL_RECORD: ConfigRecord(
-                {"partial": json.dumps(partial, sort_keys=True), "digest": plan.digest}
-            ),
+            PARTIAL_RECORD: ConfigRecord(answer),
             "node": ConfigRecord(node),
             "governance": ConfigRecord({k: v for k, v in governed.summary.items() if v != []}),
         }

@@ -11,13 +11,16 @@ ledger's PLD accountant composes it with everything else the node released.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import tenseal as ts
 
 from aidmp.analytics import QueryPlan, local_partials
 from aidmp.analytics.mechanisms import NormalSource
+from aidmp.privacy.he.packing import encrypt_update
 from aidmp.privacy.ledger import BudgetExhausted, GaussianRelease, ledger_lock
 from aidmp.privacy.node_round import PrivacySpend, open_ledger
 from aidmp.privacy.noise import SecureRandom
@@ -77,3 +80,63 @@ def release_query(
             after, after - before, ledger.delta, ledger.budget - after, event.noise_std, 1
         )
     return partial, spend
+
+
+# --- under HE: the values leave as CKKS ciphertext, the withheld mask in plaintext -----
+
+
+def _component_values(partial: dict[str, Any], plan: QueryPlan) -> list[float | None]:
+    """Every released value of `partial` in the plan's order of statistics and components
+    (a scalar component is one value, a vector its cells), None where withheld."""
+    out: list[float | None] = []
+    for stat in plan.statistics:
+        comps = partial["statistics"][stat.name]["components"]
+        for c in stat.components:
+            value = comps[c.part]["value"]
+            out.extend(value if isinstance(value, list) else [value])
+    return out
+
+
+def _with_values(partial: dict[str, Any], plan: QueryPlan, values: list[float | None]) -> dict:
+    """`partial` with its values replaced, in `_component_values`' order."""
+    out = json.loads(json.dumps(partial))
+    it = iter(values)
+    for stat in plan.statistics:
+        comps = out["statistics"][stat.name]["components"]
+        for c in stat.components:
+            if isinstance(comps[c.part]["value"], list):
+                comps[c.part]["value"] = [next(it) for _ in range(c.size)]
+            else:
+                comps[c.part]["value"] = next(it)
+    return out
+
+
+def encrypt_partial(
+    context: ts.Context, partial: dict[str, Any], plan: QueryPlan
+) -> tuple[list[bytes], dict[str, Any]]:
+    """The partial's values as CKKS ciphertexts (a withheld value as 0), and its
+    skeleton: the same partial with every released value 0.0 and every withheld one
+    None, so the coordinator learns what was withheld (as it would in plaintext) and
+    nothing else. Raises HeError if a value is beyond what the keys can sum."""
+    values = _component_values(partial, plan)
+    vector = np.array([0.0 if v is None else float(v) for v in values])
+    chunks = encrypt_update(context, vector, 1.0)  # check slot 1: a sum of k holds k
+    skeleton = _with_values(partial, plan, [None if v is None else 0.0 for v in values])
+    return chunks, skeleton
+
+
+def fill_skeletons(
+    plan: QueryPlan, skeletons: dict[str, dict[str, Any]], total: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    """Partials for `combine` from the decrypted sum: each coordinate's sum goes to the
+    first institution that released it, the others that released it add 0. Combining
+    these gives the sum of the partials and, from the skeletons, which institutions
+    contributed each value (so each standard error counts the right noises)."""
+    masks = {inst: _component_values(s, plan) for inst, s in sorted(skeletons.items())}
+    filled: dict[str, list[float | None]] = {inst: list(m) for inst, m in masks.items()}
+    for i, value in enumerate(np.asarray(total, dtype=np.float64).tolist()):
+        for inst in filled:
+            if filled[inst][i] is not None:
+                filled[inst][i] = value
+                break
+    return {inst: _with_values(skeletons[inst], plan, filled[inst]) for inst in filled}

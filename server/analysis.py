@@ -21,10 +21,13 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Callable
 from logging import getLogger
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tenseal as ts
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
@@ -33,6 +36,9 @@ from aidmp.atomic import atomic_write_json
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError, DeclineCode
 from aidmp.governance.policy import load_policy
+from aidmp.privacy.analytics_release import fill_skeletons
+from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
+from aidmp.privacy.he.packing import EncryptedSum
 from aidmp.server.federation import round_config_for
 from aidmp.server.rounds import _expiring, _failures, _silent, stream_replies
 
@@ -44,6 +50,14 @@ MESSAGE_TYPE = "query.analytics"  # the ClientApp's @app.query("analytics")
 QUERY_RECORD = "query"  # as client/analytics_handler.py reads it
 PARTIAL_RECORD = "analytics"
 ANALYSIS_FORMAT = 1
+
+
+Decrypt = Callable[[list[bytes], int, int], np.ndarray]
+
+
+def _public_context(cfg: RunConfig) -> tuple[ts.Context, str]:
+    context = load_context(key_file_for(Path(cfg.he_keys), "coordinator"), "coordinator")
+    return context, fingerprint(context)
 
 
 def plan_for(query: Query, cfg: RunConfig) -> QueryPlan:
@@ -68,10 +82,27 @@ def _number(value: object) -> float | None:
 
 
 def run_analysis(
-    grid: Grid, query: Query, cfg: RunConfig, *, run_id: str = "", quiet: bool = False
+    grid: Grid,
+    query: Query,
+    cfg: RunConfig,
+    *,
+    run_id: str = "",
+    quiet: bool = False,
+    decrypt: Decrypt | None = None,
 ) -> dict[str, Any]:
-    """Ask every node for `query`, combine, write OUT/analysis.json and analysis.png."""
+    """Ask every node for `query`, combine, write OUT/analysis.json and analysis.png.
+
+    Under HE (`cfg.he`) the nodes send ciphertexts; this coordinator only adds them,
+    with the public key, and hands the one sum to `decrypt(chunks, size, contributions)`,
+    the key holder's (in simulation, the researcher's; a deployed coordinator has none).
+    """
     out = Path(cfg.out_dir)
+    if cfg.he and decrypt is None:
+        raise AidmpError(
+            "he=true analytics needs a key holder to decrypt the summed partials; this "
+            "coordinator holds the public key only (in simulation: aidmp analyze --he)"
+        )
+    public = _public_context(cfg) if cfg.he else None
     plan = plan_for(query, cfg)
     if not quiet:
         print_budget(plan)
@@ -80,7 +111,9 @@ def run_analysis(
     content = RecordDict(
         {
             "config": round_config_for(cfg, 1, job_id),
-            QUERY_RECORD: ConfigRecord({"query": canonical, "digest": plan.digest}),
+            QUERY_RECORD: ConfigRecord(
+                {"query": canonical, "digest": plan.digest, "he": bool(cfg.he)}
+            ),
         }
     )
     nodes = _wait_for_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
@@ -94,6 +127,7 @@ def run_analysis(
     started = time.monotonic()
     replies = list(stream_replies(grid, messages, cfg.round_timeout))
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    encrypted = EncryptedSum(public[0]) if public is not None else None
     names: dict[int, str] = {}
     partials: dict[str, Any] = {}
     charged: dict[str, dict[str, float]] = {}
@@ -111,8 +145,16 @@ def run_analysis(
         )
         names[reply.metadata.src_node_id] = name
         try:
-            partial = json.loads(str(records[PARTIAL_RECORD]["partial"]))
-        except (KeyError, TypeError, ValueError):
+            if public is None:
+                partial = json.loads(str(records[PARTIAL_RECORD]["partial"]))
+            else:  # the skeleton in plaintext; the values only added, never read
+                answer = records[PARTIAL_RECORD]
+                if answer.get("fingerprint") != public[1]:
+                    raise ValueError("another key")
+                partial = json.loads(str(answer["skeleton"]))
+                assert encrypted is not None
+                encrypted.add(list(answer["chunks"]), name)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, AidmpError):
             reason = "rejected by the coordinator: no readable partial"
             rejected.append({"institution": name, "code": DeclineCode.BAD_CONFIG, "reason": reason})
             continue
@@ -126,6 +168,10 @@ def run_analysis(
     )
     failures += rejected
     declined = {str(f["institution"]): f"code {f['code']}: {f['reason']}" for f in failures}
+    if encrypted is not None and encrypted.total is not None and decrypt is not None:
+        chunks = [v.serialize() for v in encrypted.total]
+        size = sum(c.size for s in plan.statistics for c in s.components)
+        partials = fill_skeletons(plan, partials, decrypt(chunks, size, encrypted.count))
     if len(partials) < 1:
         result = combine(plan, {}, declined=declined)
     else:
@@ -160,6 +206,7 @@ def run_analysis(
         },  # fmt: skip
         "job_id": job_id,
         "seconds": time.monotonic() - started,
+        "he": bool(cfg.he),
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / ANALYSIS_NAME, result)

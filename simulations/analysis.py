@@ -13,13 +13,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from aidmp.analytics import Query
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
-from aidmp.server.analysis import ANALYSIS_NAME, plan_for, run_analysis
+from aidmp.privacy.he.keys import key_file_for, load_context
+from aidmp.privacy.he.packing import decrypt_vector
+from aidmp.server.analysis import ANALYSIS_NAME, Decrypt, plan_for, run_analysis
 from aidmp.simulations.runner import ENGINES, prepare, run_flower_simulation
 
 
@@ -37,6 +40,7 @@ def analyze(
     cfg = prepare(cfg, institutions)
     plan_for(query, cfg)  # a query the policy cannot complete fails here, before any engine
     result: dict[str, Any] = {}
+    decrypt = _researcher_decrypts(cfg) if cfg.he else None
     if engine == "inprocess":
         from aidmp.simulations.inprocess import InProcessGrid
 
@@ -46,7 +50,7 @@ def analyze(
             flwr_logger.setLevel(logging.ERROR)
         try:
             grid = InProcessGrid(institutions)
-            result = run_analysis(grid, query, cfg, run_id=str(grid.run.run_id))
+            result = run_analysis(grid, query, cfg, run_id=str(grid.run.run_id), decrypt=decrypt)
         finally:
             flwr_logger.setLevel(previous)
         return result
@@ -54,10 +58,21 @@ def analyze(
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        result.update(run_analysis(grid, query, cfg, run_id=str(context.run_id)))
+        result.update(run_analysis(grid, query, cfg, run_id=str(context.run_id), decrypt=decrypt))
 
     run_flower_simulation(server_app, institutions, verbose=verbose)
     if not result:
         path = Path(cfg.out_dir) / ANALYSIS_NAME
         raise AidmpError(f"the simulation ended without a result at {path}; rerun with --verbose")
     return result
+
+
+def _researcher_decrypts(cfg: RunConfig) -> Decrypt:
+    """In simulation the researcher holds every key: the coordinator's code only adds
+    ciphertexts, and the researcher decrypts the one sum with an institution's key."""
+    secret = load_context(key_file_for(Path(cfg.he_keys), "institution"), "institution")
+
+    def decrypt(chunks: list[bytes], size: int, contributions: int) -> np.ndarray:
+        return decrypt_vector(secret, chunks, size, float(contributions), "the summed partials")
+
+    return decrypt

@@ -299,3 +299,48 @@ def test_a_deployed_query_must_state_its_metadata(tmp_path):
     query.write_text("epsilon: 1\nstatistics:\n  - {name: e, histogram: {column: education}}\n")
     with pytest.raises(AidmpError, match="states every bound"):
         analysis_run_config("", str(query), tmp_path)
+
+
+def test_under_he_the_coordinator_receives_only_ciphertexts(tmp_path):
+    """--he: each partial's values leave as CKKS ciphertext; the plaintext skeleton only
+    says which were withheld; the coordinator adds ciphertexts under the public key and
+    the researcher decrypts the one sum. Same noise (same seeds) as in plaintext, so the
+    figures agree to the CKKS error."""
+    from aidmp.privacy.he.keys import simulation_keys
+
+    keys = tmp_path / "keys"
+    simulation_keys(keys)
+    received: list[Message] = []
+    _, _, plain = _run(tmp_path / "plain")
+
+    import aidmp.simulations.analysis as sim
+
+    cfg = _cfg(tmp_path / "he", 3, he=True, **{"he-keys": str(keys)})
+    grid = InProcessGrid(3)
+    result = run_analysis(
+        RecordingGrid(grid, received), parse_query(SMALL_QUERY), cfg,
+        run_id=str(grid.run.run_id), quiet=True, decrypt=sim._researcher_decrypts(cfg),
+    )  # fmt: skip
+    replies = [m for m in received if not m.has_error()]
+    assert len(replies) == 3
+    for reply in replies:
+        answer = reply.content.config_records["analytics"]
+        assert "partial" not in answer and answer["chunks"]
+        assert all(isinstance(c, bytes) and len(c) > 1000 for c in answer["chunks"])
+        skeleton = json.loads(str(answer["skeleton"]))
+        for stat in skeleton["statistics"].values():
+            for comp in stat["components"].values():
+                values = comp["value"] if isinstance(comp["value"], list) else [comp["value"]]
+                assert all(v in (None, 0.0) for v in values)  # no figure in plaintext
+    assert result["he"] is True
+    for name, stat in plain["statistics"].items():
+        assert _as_floats(result["statistics"][name]["value"]) == pytest.approx(
+            _as_floats(stat["value"]), abs=1e-3
+        )
+        assert _as_floats(result["statistics"][name]["std_error"]) == pytest.approx(
+            _as_floats(stat["std_error"]), rel=1e-6
+        )  # a mean's depends on the (decrypted) count
+
+
+def _as_floats(value):
+    return [float(v) for v in value] if isinstance(value, list) else [float(value)]

@@ -380,6 +380,16 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
         help="each institution's privacy budget (its ledger in OUT/institutions)",
     )
     p.add_argument("--dp-delta", type=float, default=defaults.dp_delta)
+    p.add_argument(
+        "--he",
+        action="store_true",
+        help="institutions send their partials as CKKS ciphertexts; the coordinator only "
+        "adds them, and the researcher (who holds the simulation's keys) decrypts the sum",
+    )
+    p.add_argument(
+        "--keys",
+        help="with --he: the folder of `aidmp keys init` (default: make one in OUT/keys)",
+    )
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     p.add_argument(
         "--engine",
@@ -397,6 +407,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from aidmp.analytics import load_query
 
     query, _ = load_query(Path(args.query))  # a bad query: one line, before anything loads
+    if args.keys and not args.he:
+        raise AidmpError("--keys is for encrypted partials; add --he")
     cfg = RunConfig.from_flower(
         {
             "task": args.task,
@@ -409,6 +421,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
             "dp-epsilon": args.dp_epsilon,
             "dp-delta": args.dp_delta,
             "central-eval": False,
+            "he": args.he,
+            "he-keys": _simulation_keys(args) if args.he else "",
         }
     )
     from aidmp.tasks import check_task_name
