@@ -88,7 +88,10 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
         details: dict[str, object] = {"code": reply.error.code}
     else:
         decision = str(governance["decision"]) if governance is not None else None
-        details = {"encrypted": "he-update" in reply.content.config_records}
+        records = reply.content.config_records
+        answer = records.get("analytics")  # a query's partial: ciphertext chunks under HE
+        encrypted = "he-update" in records or (answer is not None and "chunks" in answer)
+        details = {"encrypted": encrypted}
         release = None if node is None else node.get("release")
         if isinstance(release, int):  # 1, or 2, 3, ... for a round released again
             details["release"] = release

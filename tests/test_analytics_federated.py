@@ -333,6 +333,10 @@ def test_under_he_the_coordinator_receives_only_ciphertexts(tmp_path):
                 values = comp["value"] if isinstance(comp["value"], list) else [comp["value"]]
                 assert all(v in (None, 0.0) for v in values)  # no figure in plaintext
     assert result["he"] is True
+    for i in range(3):  # each node's audit log says the reply was encrypted
+        log = Path(cfg.out_dir) / "institutions" / f"institution-{i}" / AUDIT_NAME
+        (record,) = AuditLog(log).records()
+        assert record["details"]["encrypted"] is True  # type: ignore[index]
     for name, stat in plain["statistics"].items():
         assert _as_floats(result["statistics"][name]["value"]) == pytest.approx(
             _as_floats(stat["value"]), abs=1e-3
