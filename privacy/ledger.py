@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Literal
 import dp_accounting
 import numpy as np
 from dp_accounting.pld import privacy_loss_distribution as pld
+from scipy.special import log_ndtr, ndtr
 
 from aidmp.atomic import atomic_write_json
 from aidmp.errors import DeclineCode, PrivacyError
@@ -198,7 +199,40 @@ def _grouped(events: Sequence[Event]) -> list[Charge]:
         c = event.as_charge() if isinstance(event, GaussianRelease) else event
         key = (c.noise_multiplier, c.sample_rate)
         steps[key] = steps.get(key, 0) + c.steps
-    return [Charge(sigma, q, n) for (sigma, q), n in sorted(steps.items()) if n > 0]
+    grouped = [Charge(sigma, q, n) for (sigma, q), n in sorted(steps.items()) if n > 0]
+    # Un-subsampled Gaussians (q = 1: evaluation figures, statistics) compose exactly into
+    # one Gaussian: μ² = Σ steps/σ² for every accountant here (the privacy loss of each is
+    # normal), so they cost one PLD (or a closed form) however many the ledger holds.
+    plain = [c for c in grouped if c.sample_rate == 1.0]
+    if len(plain) > 1 or (plain and plain[0].steps > 1):
+        if any(c.noise_multiplier <= 0 for c in plain):
+            return grouped  # no privacy: epsilon_of says infinite
+        mu2 = sum(c.steps / c.noise_multiplier**2 for c in plain)
+        grouped = [c for c in grouped if c.sample_rate != 1.0] + [Charge(mu2**-0.5, 1.0, 1)]
+    return grouped
+
+
+def gaussian_epsilon(mu: float, delta: float) -> float:
+    """ε at δ of the Gaussian mechanism with μ = sensitivity/σ, exactly: the smallest ε
+    with Φ(μ/2 − ε/μ) − e^ε·Φ(−μ/2 − ε/μ) ≤ δ (Balle and Wang 2018, Theorem 8)."""
+
+    def delta_of(eps: float) -> float:
+        return float(ndtr(mu / 2 - eps / mu) - math.exp(eps + log_ndtr(-mu / 2 - eps / mu)))
+
+    if delta_of(0.0) <= delta:
+        return 0.0
+    low, high = 0.0, 1.0
+    while delta_of(high) > delta:
+        low, high = high, high * 2
+    for _ in range(100):  # to float precision
+        mid = (low + high) / 2
+        if delta_of(mid) > delta:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-12 * high:
+            break
+    return high
 
 
 @functools.lru_cache(maxsize=1024)
@@ -245,6 +279,9 @@ def dp_event_of(events: list[Event]) -> dp_accounting.DpEvent:
 
 
 def _pld_epsilon(charges: list[Charge], delta: float) -> float:
+    if len(charges) == 1 and charges[0].sample_rate == 1.0:  # one Gaussian: in closed form
+        return gaussian_epsilon(charges[0].steps ** 0.5 / charges[0].noise_multiplier, delta)
+
     def on_grid(discretization: float) -> float:
         composed = pld_of(charges, discretization)
         assert composed is not None

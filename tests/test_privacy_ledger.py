@@ -394,3 +394,17 @@ def test_ledger_show_names_other_mechanisms_and_accountant_changes(tmp_path):
     ).stdout  # fmt: skip
     assert "gaussian, sensitivity 2" in shown and "accountant rdp -> pld" in shown
     assert f"spent eps {ledger.spent():.4f} of 3 (pld)" in shown
+
+
+@pytest.mark.parametrize(("sigma", "count"), [(50.3, 20), (2.0, 1), (1.0, 5), (0.7, 3)])
+def test_plain_gaussian_releases_compose_in_closed_form_as_dp_accounting_says(sigma, count):
+    """Evaluation figures and statistics are un-subsampled Gaussians: their composition is
+    one Gaussian (μ² adds up), and its ε has a closed form (Balle and Wang 2018)."""
+    import dp_accounting
+
+    from aidmp.privacy.ledger import GaussianRelease
+
+    reference = dp_accounting.pld.PLDAccountant()
+    reference.compose(dp_accounting.GaussianDpEvent(sigma), count)
+    ours = epsilon_of([GaussianRelease(sigma * 3.0, 3.0, 1)] * count, 1e-5)
+    assert ours == pytest.approx(reference.get_epsilon(1e-5), rel=1e-3)
