@@ -237,9 +237,9 @@ def test_tls_node_auth_three_nodes_he_dp_governance(federation):
     assert set(report["governance"]["by_institution"]) == {"site-0", "site-1", "site-2"}
     for i in range(3):
         ledger = _charged_exactly_once(fed.tmp / f"site-{i}" / "state")
-        # Each round's update, then its evaluation figures (noised and charged under DP).
+        # Each round's update (fraction-evaluate=0: no evaluation figures are released).
         assert [(e["round"], e["release_kind"], e["release"]) for e in ledger] == [
-            (r, kind, 1) for r in (1, 2, 3) for kind in ("training", "metrics")
+            (r, "training", 1) for r in (1, 2, 3)
         ]
         assert {e["job_id"] for e in ledger} == {report["job_id"]}
 
