@@ -35,8 +35,8 @@ from aidmp.analytics import QueryError, effective_min_count, parse_query, plan_q
 from aidmp.client.data import institution_name, ledger_key, node_state_dir
 from aidmp.client.decline import require_own_state_dir
 from aidmp.client.governed import governed_data
-from aidmp.errors import DeclineCode, PrivacyError, RoundConfigError
-from aidmp.node_config import has_own_data
+from aidmp.errors import DeclineCode, HeError, PrivacyError, RoundConfigError
+from aidmp.node_config import has_own_data, he_required, truthy
 from aidmp.privacy.analytics_release import encrypt_partial, release_query
 from aidmp.privacy.he.node import node_keys
 from aidmp.privacy.node_round import release_seed
@@ -60,10 +60,6 @@ class AnalyticsNeedsDP(PrivacyError):
     """A node without DP releases no statistics (103)."""
 
     decline_code = DeclineCode.PRIVACY_POLICY
-
-
-def _truthy(value: object) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 def _query_text(msg: Message) -> tuple[str, str]:
@@ -121,7 +117,12 @@ def answer_query(msg: Message, context: Context) -> Message:
         config.seed * 1_000_003 + node_index + _QUERY_SEED_OFFSET, own_data=own_data
     )
     # Under HE, the node's key first: a node that could not encrypt must not charge.
-    he = _truthy(msg.content.config_records[QUERY_RECORD].get("he", False))
+    he = truthy(msg.content.config_records[QUERY_RECORD].get("he", False))
+    if not he and he_required(context.node_config):
+        raise HeError(
+            "this node requires encryption (it holds a CKKS key, or its node config says "
+            "he-required=true) and the query asks for its partials in plaintext; ask with he"
+        )
     keys = node_keys(context.node_config, config.he_keys) if he else None
     partial, spend = release_query(
         governed.frame,

@@ -12,7 +12,7 @@ declines with a Flower error reply (code >= 100) and a reason, never a crash.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TypedDict
 
 from flwr.app import (
@@ -35,7 +35,7 @@ from aidmp.client.decline import decline, decline_for, require_own_state_dir
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
 from aidmp.errors import AidmpError, DeclineCode, HeError, PrivacyError, RoundConfigError
-from aidmp.node_config import has_own_data
+from aidmp.node_config import has_own_data, he_required
 from aidmp.privacy.he.node import HeRound
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
 from aidmp.privacy.metrics import NoisyMetrics
@@ -134,19 +134,6 @@ def _setup(
             )
         model.load_state_dict(arrays.to_torch_state_dict())
     return config, task, data, model, he, governed
-
-
-def _truthy(value: object) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")
-
-
-def he_required(node_config: Mapping[str, object]) -> bool:
-    """Whether this node refuses plaintext rounds: its own `he-required`, which for a node
-    with its own data and a CKKS key of its own defaults to true (the node decides; a
-    run config saying he=false cannot make it send a plaintext update)."""
-    if "he-required" in node_config:
-        return _truthy(node_config["he-required"])
-    return has_own_data(node_config) and bool(node_config.get("he-keys"))
 
 
 @app.train()

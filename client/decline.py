@@ -23,7 +23,7 @@ from flwr.app import Context, Error, Message
 
 from aidmp.client.data import institution_name
 from aidmp.errors import AidmpError, PrivacyError
-from aidmp.node_config import has_own_data
+from aidmp.node_config import has_own_data, truthy
 
 log = logging.getLogger("aidmp.client")
 
@@ -69,14 +69,10 @@ def decline_for(msg: Message, context: Context, exc: AidmpError) -> Message:
     return decline(msg, context, exc.decline_code, public_reason(exc, context.node_config))
 
 
-def _truthy(value: object) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")
-
-
 def dp_on(node_config: Mapping[str, object], round_dp: bool | None = None) -> bool:
     """Whether this node trains under DP: its own `dp` setting, else the run's."""
     if "dp" in node_config:
-        return _truthy(node_config["dp"])
+        return truthy(node_config["dp"])
     return bool(round_dp)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aidmp.errors import PrivacyError, describe_validation_error
-from aidmp.node_config import has_own_data
+from aidmp.node_config import has_own_data, truthy
 from aidmp.privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES, MAX_NOISE_MULTIPLIER
 from aidmp.privacy.metrics import DEFAULT_SHARE
 from aidmp.round_config import RoundConfig
@@ -102,7 +102,7 @@ def resolve_node_privacy(
     if refused:
         log.warning("[%s] the run asked for %s; refused, this node's own settings apply",
                     institution, ", ".join(refused))  # fmt: skip
-    if not _truthy(settings.get("dp", False)):
+    if not truthy(settings.get("dp", False)):
         return NodePrivacy(None, tuple(refused))
     if "state-dir" in node_config:
         state_dir = Path(str(node_config["state-dir"]))
@@ -136,8 +136,8 @@ def _own_settings(
             "start it with --dp-epsilon E (DP-SGD, a budget of E) or --no-dp"
         )
     own = {k: node_config[k] for k in POLICY_KEYS if k in node_config}
-    if not _truthy(own["dp"]):
-        if _truthy(asked.get("dp", False)):
+    if not truthy(own["dp"]):
+        if truthy(asked.get("dp", False)):
             raise PrivacyError(
                 "the run asks for DP, and this node was started with --no-dp (it has no "
                 "privacy budget to spend); it sits the run out"
@@ -152,7 +152,7 @@ def _own_settings(
     for key, value in asked.items():
         mine = own.get(key, defaults.get(key))
         if key == "dp":
-            if not _truthy(value):
+            if not truthy(value):
                 refused.append("dp=false")
         elif value != mine and not _same_number(value, mine):
             refused.append(f"{key}={value}")
@@ -161,7 +161,3 @@ def _own_settings(
 
 def _same_number(a: object, b: object) -> bool:
     return isinstance(a, int | float) and isinstance(b, int | float) and float(a) == float(b)
-
-
-def _truthy(value: object) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")

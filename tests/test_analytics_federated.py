@@ -348,3 +348,25 @@ def test_under_he_the_coordinator_receives_only_ciphertexts(tmp_path):
 
 def _as_floats(value):
     return [float(v) for v in value] if isinstance(value, list) else [float(value)]
+
+
+def test_a_node_holding_a_key_answers_no_plaintext_query(tmp_path):
+    """A node with its own data and its own CKKS key sends nothing in plaintext: a query
+    without he is declined (104) before any budget is charged."""
+    from aidmp.privacy.he.keys import key_ceremony
+
+    key_ceremony(tmp_path / "keys")
+    own = {
+        "data": str(_own_data_csv(tmp_path / "site-a.csv")),
+        "policy": str(bundled_policy("adult")),
+        "dp": True,
+        "dp-epsilon": 2.0,
+        "state-dir": str(tmp_path / "site-a"),
+        "he-keys": str(tmp_path / "keys" / "institution.ckks"),
+        "name": "site-a",
+    }
+    _, _, result = _run(tmp_path / "run", node_config=lambda i: own if i == 0 else {})
+    (failure,) = result["institutions"]["declined"]
+    assert failure["institution"] == "site-a" and failure["code"] == DeclineCode.HE_KEYS
+    ledger = tmp_path / "site-a" / LEDGER_NAME
+    assert not ledger.exists() or not PrivacyLedger.load(ledger).entries
