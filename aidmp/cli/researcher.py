@@ -20,13 +20,8 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
         description="Run a federation of virtual institutions on Flower's simulation engine, "
         "then write OUT/summary.json and OUT/metrics.png.",
     )
-    p.add_argument("--task", default=defaults.task, help="adult | breast-cancer | mnist")
-    p.add_argument("--institutions", type=int, default=5, help="virtual institutions (nodes)")
+    _federation_options(p, defaults, task_help="adult | breast-cancer | mnist")
     p.add_argument("--rounds", type=int, default=defaults.num_rounds)
-    p.add_argument(
-        "--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA | quantity:ALPHA"
-    )
-    p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument(
         "--out", default="runs/latest", help="folder for summary.json, plots, checkpoint"
     )
@@ -132,6 +127,21 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-central-eval", action="store_true", help="skip held-out evaluation")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    _engine_options(p)
+    p.set_defaults(handler=_run_simulate)
+
+
+def _federation_options(p: argparse.ArgumentParser, defaults: RunConfig, task_help: str) -> None:
+    """The virtual federation, as `simulate` and `analyze` both take it."""
+    p.add_argument("--task", default=defaults.task, help=task_help)
+    p.add_argument("--institutions", type=int, default=5, help="virtual institutions (nodes)")
+    p.add_argument(
+        "--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA | quantity:ALPHA"
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed)
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     p.add_argument(
         "--engine",
@@ -140,7 +150,6 @@ def add_simulate(sub: argparse._SubParsersAction) -> None:
         help="ray: Flower's simulation engine (default); inprocess: every institution's "
         "ClientApp in this process, one after another, without Ray (quick, for small runs)",
     )
-    p.set_defaults(handler=_run_simulate)
 
 
 def _simulation_keys(args: argparse.Namespace) -> str:
@@ -353,12 +362,7 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--query", required=True, help="the query YAML (see simulations/queries/)")
     p.add_argument("--out", default="runs/analysis", help="folder for analysis.json and .png")
-    p.add_argument("--task", default=defaults.task, help="a tabular task: adult")
-    p.add_argument("--institutions", type=int, default=5, help="virtual institutions (nodes)")
-    p.add_argument(
-        "--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA | quantity:ALPHA"
-    )
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    _federation_options(p, defaults, task_help="a tabular task: adult")
     p.add_argument(
         "--govern",
         nargs="?",
@@ -390,14 +394,7 @@ def add_analyze(sub: argparse._SubParsersAction) -> None:
         "--keys",
         help="with --he: the folder of `aidmp keys init` (default: make one in OUT/keys)",
     )
-    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
-    p.add_argument(
-        "--engine",
-        choices=("ray", "inprocess"),
-        default="ray",
-        help="ray: Flower's simulation engine (default); inprocess: every institution's "
-        "ClientApp in this process, without Ray",
-    )
+    _engine_options(p)
     p.set_defaults(handler=_run_analyze)
 
 
