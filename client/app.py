@@ -46,7 +46,7 @@ from aidmp.privacy.node_round import (
     release_seed,
     train_private_round,
 )
-from aidmp.privacy.policy import resolve_node_privacy
+from aidmp.privacy.policy import check_distributed, resolve_node_privacy
 from aidmp.round_config import RECORD_NAME, RoundConfig
 from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY
 from aidmp.tasks import Task, get_task
@@ -164,6 +164,9 @@ def train(msg: Message, context: Context) -> Message:
                 "dp-mode=distributed needs DP at this node and an encrypted round: its "
                 "update carries only a share of the noise (privacy/distributed.py)"
             )
+        check_distributed(
+            policy, config.dp_min_contributions, own_data=has_own_data(context.node_config)
+        )
         share, spend = distributed_private_round(
             model,
             data,

@@ -67,6 +67,7 @@ def node_config(
     max_noise_multiplier: float | None = None,
     dataset_id: str | None = None,
     dp_metrics: str | None = None,
+    distributed_max_nodes: int | None = None,
 ) -> str:
     """The `--node-config` string, after checking each file it names and that the state
     folder can hold the ledger and the audit log. `dp_epsilon` None: --no-dp.
@@ -97,6 +98,8 @@ def node_config(
         parts |= {"dp": "true", "dp-epsilon": str(dp_epsilon)}
         if max_noise_multiplier is not None:
             parts["dp-max-noise-multiplier"] = str(float(max_noise_multiplier))
+        if distributed_max_nodes is not None:
+            parts["dp-distributed-max-nodes"] = str(int(distributed_max_nodes))
         if dp_metrics is not None:
             parts["dp-metrics"] = _quoted(dp_metrics)
     else:

@@ -34,7 +34,7 @@ log = logging.getLogger("aidmp.privacy")
 
 POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
-    "dp-max-noise-multiplier",
+    "dp-max-noise-multiplier", "dp-distributed-max-nodes",
     "dp-accountant", "dp-grad-sample-mode", "dp-rounds", "dp-metrics", "dp-metrics-share",
     "analytics-max-epsilon",
 )  # fmt: skip
@@ -57,6 +57,10 @@ class DPPolicy(BaseModel):
     max_noise_multiplier: float = Field(
         MAX_NOISE_MULTIPLIER, alias="dp-max-noise-multiplier", gt=0, le=MAX_NOISE_MULTIPLIER
     )
+    # Distributed DP: the largest k_min (the run's min-nodes) whose share σ/√k_min of the
+    # noise this node adds to its own update. None: the node has not agreed to share out
+    # its noise (a node with its own data must opt in; see `check_distributed`).
+    distributed_max_nodes: int | None = Field(None, alias="dp-distributed-max-nodes", ge=3)
     accountant: Literal["pld", "rdp", "prv"] = Field("pld", alias="dp-accountant")
     grad_sample_mode: str = Field(DEFAULT_GRAD_SAMPLE_MODE, alias="dp-grad-sample-mode")
     # The evaluation figures of the validation rows are releases too (privacy/metrics.py):
@@ -161,3 +165,25 @@ def _own_settings(
 
 def _same_number(a: object, b: object) -> bool:
     return isinstance(a, int | float) and isinstance(b, int | float) and float(a) == float(b)
+
+
+def check_distributed(policy: DPPolicy, k_min: int, *, own_data: bool) -> None:
+    """May this node add only σ/√k_min of the noise (dp-mode=distributed)? The coordinator
+    names k_min, and a larger k_min means less noise in each update: against the other
+    institutions, which hold the shared CKKS key, that is a looser setting. So a node with
+    its own data takes part only up to the k_min its own config accepts; in simulation the
+    researcher plays every part."""
+    if not own_data:
+        return
+    cap = policy.distributed_max_nodes
+    if cap is None:
+        raise PrivacyError(
+            "the run asks for distributed DP, which this node has not agreed to (each update "
+            "would carry only a share of the noise); start it with "
+            "--dp-distributed-max-nodes K to take part in federations of min-nodes up to K"
+        )
+    if k_min > cap:
+        raise PrivacyError(
+            f"the run's distributed DP has each node add a 1/{k_min} share of the noise "
+            f"variance; this node accepts at most 1/{cap} (dp-distributed-max-nodes)"
+        )

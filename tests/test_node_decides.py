@@ -176,3 +176,40 @@ def test_node_start_refuses_to_start_without_a_dp_choice(site):
     assert result.returncode == 2
     assert "--dp-epsilon" in result.stderr and "--no-dp" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _distributed_round(site, k_min):
+    cfg = RunConfig(task="adult", dp=True, he=True, he_keys=str(site / "keys"),
+                    dp_mode="distributed", dp_sample_rate=0.05, min_nodes=k_min,
+                    min_available_nodes=k_min, central_eval=False,
+                    out_dir=str(site / "run-d"))  # fmt: skip
+    strategy = build_strategy(cfg)
+    torch.manual_seed(0)
+    arrays = strategy.initial_state(get_task("adult").build_model().state_dict())
+
+    class Nodes:
+        def get_node_ids(self):
+            return list(range(4, 4 + k_min))
+
+    messages = strategy.configure_train(1, arrays, round_config_for(cfg, 1), Nodes())
+    return next(m for m in messages if m.metadata.dst_node_id == 4)
+
+
+@pytest.mark.parametrize(("agreed", "k_min", "declines"), [(None, 3, True), (3, 5, True),
+                                                           (5, 3, False)])  # fmt: skip
+def test_distributed_dp_only_where_the_node_agreed_to_share_out_its_noise(
+    site, agreed, k_min, declines
+):
+    """In distributed mode each update carries a 1/k_min share of the noise, k_min being the
+    coordinator's: a node with its own data takes part only up to its own cap."""
+    extra = {"state-dir": str(site / f"state-dist-{agreed}-{k_min}")}
+    if agreed is not None:
+        extra["dp-distributed-max-nodes"] = agreed
+    reply = _call(_distributed_round(site, k_min), _node(site, **extra))
+    if declines:
+        assert reply.has_error() and reply.error.code == DeclineCode.PRIVACY_POLICY
+        assert "dp-distributed-max-nodes" in reply.error.reason
+        assert not (site / extra["state-dir"] / LEDGER_NAME).exists()
+    else:
+        assert not reply.has_error(), reply.error.reason
+        assert UPDATE_KEY in reply.content and not reply.content.array_records

@@ -242,6 +242,13 @@ def _node_start_args(p: argparse.ArgumentParser) -> None:
         "nearly spent budget buys is mostly noise (default 10)",
     )
     p.add_argument(
+        "--dp-distributed-max-nodes",
+        type=int,
+        metavar="K",
+        help="take part in distributed DP (dp-mode=distributed), adding a 1/k_min share of "
+        "the noise, for runs whose min-nodes k_min is at most K (default: never)",
+    )
+    p.add_argument(
         "--dp-metrics",
         choices=("noised", "withheld"),
         help="under DP, the evaluation figures of the validation rows: noised and charged "
