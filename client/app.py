@@ -95,6 +95,29 @@ class Hyper(TypedDict):
     proximal_mu: float
 
 
+class ReleaseOf(TypedDict):
+    """What every release from private rows is charged under: the ledger it goes to, and
+    the run, round, job and message the ledger and the audit log record it by."""
+
+    dataset_id: str
+    run_id: str
+    server_round: int
+    num_rounds: int
+    job_id: str | None
+    message_id: str
+
+
+def _release_of(msg: Message, context: Context, config: RoundConfig) -> ReleaseOf:
+    return ReleaseOf(
+        dataset_id=ledger_key(context.node_config, config),
+        run_id=str(context.run_id),
+        server_round=config.server_round,
+        num_rounds=config.num_rounds,
+        job_id=config.job_id or None,
+        message_id=msg.metadata.message_id,
+    )
+
+
 def _round_seed(config: RoundConfig, context: Context) -> int:
     # Distinct per run seed, round and node. Under DP at a node with its own data,
     # `release_seed` replaces it with secret randomness (privacy/node_round.py).
@@ -171,14 +194,9 @@ def train(msg: Message, context: Context) -> Message:
             model,
             data,
             policy=policy,
-            dataset_id=ledger_key(context.node_config, config),
-            run_id=str(context.run_id),
-            server_round=config.server_round,
-            num_rounds=config.num_rounds,
             sample_rate=float(config.dp_sample_rate or 0.0),
             min_contributions=config.dp_min_contributions,
-            job_id=config.job_id or None,
-            message_id=msg.metadata.message_id,
+            **_release_of(msg, context, config),
             seed=release_seed(
                 _round_seed(config, context), own_data=has_own_data(context.node_config)
             ),
@@ -197,12 +215,7 @@ def train(msg: Message, context: Context) -> Message:
             model,
             data,
             policy=policy,
-            dataset_id=ledger_key(context.node_config, config),
-            run_id=str(context.run_id),
-            server_round=config.server_round,
-            num_rounds=config.num_rounds,
-            job_id=config.job_id or None,
-            message_id=msg.metadata.message_id,
+            **_release_of(msg, context, config),
             **hyper,
         )
         log.debug("[%s] round %d train-loss %.4f (kept here)", name, config.server_round, loss)
@@ -250,12 +263,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             model,
             data,
             policy=policy,
-            dataset_id=ledger_key(context.node_config, config),
-            run_id=str(context.run_id),
-            server_round=config.server_round,
-            num_rounds=config.num_rounds,
-            job_id=config.job_id or None,
-            message_id=msg.metadata.message_id,
+            **_release_of(msg, context, config),
             seed=release_seed(seed, own_data=has_own_data(context.node_config)),
         )
     if isinstance(released, str):
