@@ -12,9 +12,41 @@ This package itself holds what every room shares (errors, atomic file writes, th
 configuration) and the `aidmp` command line.
 """
 
-from pathlib import Path
+import os as _os
+
+# A Flower App bundle (`flwr run .`, a SuperNode's app folder) skips symbolic links, so
+# there the rooms are only siblings of this folder: look for them there too. This is the
+# first statement on purpose: Python lets another thread import `aidmp.client` while this
+# module is still running (it does not wait for a parent package to finish), and that
+# thread sees `__path__` as it is at that moment.
+_here = _os.path.dirname(_os.path.realpath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "server")) and _os.path.isfile(
+    _os.path.join(_here, _os.pardir, "server", "__init__.py")
+):
+    __path__.append(_os.path.dirname(_here))  # noqa: F821 (a package's __path__ is a module global)
 
 __version__ = "0.1.0"
+
+# The apps Flower loads (pyproject's [tool.flwr.app.components]). Flower's simulation
+# checks the ClientApp's reference on one thread while it imports the ServerApp on
+# another, outside its import lock; a dotted reference (`aidmp.client.app:app`) makes
+# that check import `aidmp.client` and can catch this package half-initialised. A
+# top-level reference is checked without importing anything (Flower reads `__all__`),
+# and the real import happens under Flower's lock.
+__all__ = ["server_app", "client_app"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "server_app":
+        from aidmp.server.app import app as server_app
+
+        return server_app
+    if name == "client_app":
+        from aidmp.client.app import app as client_app
+
+        return client_app
+    raise AttributeError(f"module 'aidmp' has no attribute {name!r}")
+
 
 # The rooms of the project, subpackages of aidmp.
 SUBPACKAGES = (
@@ -27,9 +59,3 @@ SUBPACKAGES = (
     "analytics",
     "simulations",
 )
-
-# A Flower App bundle (`flwr run .`) skips symbolic links, so there the rooms are only
-# siblings of this folder: look for them there too.
-_here = Path(__file__).resolve().parent
-if not (_here / "server").is_dir() and (_here.parent / "server" / "__init__.py").is_file():
-    __path__.append(str(_here.parent))  # noqa: F821 (a package's __path__ is a module global)

@@ -113,3 +113,23 @@ def test_no_module_in_benchmarks_or_tests_is_named_like_a_package():
     for folder in ("benchmarks", "tests"):
         names = {p.stem for p in (REPO / folder).glob("*.py")}
         assert not names & taken, (folder, names & taken)
+
+
+def test_flower_checks_our_app_references_without_importing_a_subpackage():
+    """Flower's simulation checks the ClientApp reference on one thread (outside its
+    import lock) while it imports the ServerApp on another. A dotted reference such as
+    `aidmp.client.app:app` made that check import `aidmp.client` while `aidmp` was half
+    initialised, and one `flwr run .` in three failed with "No module named
+    'aidmp.client'". Top-level references are checked by reading `aidmp/__init__.py`."""
+    import tomllib
+
+    from flwr.supercore.object_ref import load_app, validate
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    components = pyproject["tool"]["flwr"]["app"]["components"]
+    for ref in components.values():
+        module, _, _attribute = ref.partition(":")
+        assert module == "aidmp", ref
+        assert validate(ref, project_dir=REPO) == (True, None)
+    assert type(load_app(components["serverapp"], ValueError, REPO)).__name__ == "ServerApp"
+    assert type(load_app(components["clientapp"], ValueError, REPO)).__name__ == "ClientApp"
