@@ -1,6 +1,7 @@
 """The `aidmp` command: one subcommand group for each kind of user.
 
 researcher   simulate, analyze, audit-privacy, pilot-data   (aidmp/cli/researcher.py)
+researcher   sweep, report                                  (aidmp/cli/sweep.py)
 institution  ledger, govern, audit, node           (aidmp/cli/institution.py)
 coordinator  certs, coordinator, run               (aidmp/cli/coordinator.py)
 key dealer   keys                                  (aidmp/cli/keys.py)
@@ -21,7 +22,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aidmp.cli import coordinator, institution, keys, researcher
+from aidmp.cli import coordinator, institution, keys, researcher, sweep
 from aidmp.errors import AidmpError
 
 EXIT_USAGE = 2
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # This order is the order `aidmp --help` lists them in.
     researcher.add_simulate(sub)
+    sweep.add_sweep(sub)
+    sweep.add_report(sub)
     researcher.add_analyze(sub)
     institution.add_ledger(sub)
     researcher.add_audit_privacy(sub)
