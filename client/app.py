@@ -30,6 +30,7 @@ from torch import nn
 
 from aidmp.client.analytics_handler import answer_query
 from aidmp.client.audit_trail import audit_mod
+from aidmp.client.clustering_handler import answer_clustering
 from aidmp.client.data import institution_name, ledger_key, local_data, node_state_dir
 from aidmp.client.decline import decline, decline_for, require_own_state_dir
 from aidmp.client.governed import Governed, governed_data
@@ -283,3 +284,12 @@ def analytics(msg: Message, context: Context) -> Message:
     """A federated statistics query (client/analytics_handler.py): governed rows, noised
     partials charged to the ledger before the reply leaves, or a decline."""
     return answer_query(msg, context)
+
+
+@app.query("clustering")
+@_decline_on_error
+def clustering(msg: Message, context: Context) -> Message:
+    """One round of a federated k-means job (client/clustering_handler.py): governed
+    rows, noisy per-cluster counts and sums charged to the ledger before the reply
+    leaves, or a decline."""
+    return answer_clustering(msg, context)

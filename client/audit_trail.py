@@ -89,16 +89,19 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
     else:
         decision = str(governance["decision"]) if governance is not None else None
         records = reply.content.config_records
-        answer = records.get("analytics")  # a query's partial: ciphertext chunks under HE
+        # A query's partial or a k-means round's release: ciphertext chunks under HE.
+        answer = records.get("analytics") or records.get("clustering")
         encrypted = "he-update" in records or (answer is not None and "chunks" in answer)
         details = {"encrypted": encrypted}
         release = None if node is None else node.get("release")
         if isinstance(release, int):  # 1, or 2, 3, ... for a round released again
             details["release"] = release
             # As the ledger names it: an update, evaluation figures (privacy/metrics.py),
-            # or a query's partials (client/analytics_handler.py).
+            # a query's partials (client/analytics_handler.py), or a k-means round
+            # (client/clustering_handler.py).
             details["release_kind"] = (
                 "metrics" if kind == "evaluate"
+                else "clustering" if kind == "query.clustering"
                 else "analytics" if kind.startswith("query") else "training"
             )  # fmt: skip
     # Which message this answers (the ledger keeps the same id for the release it

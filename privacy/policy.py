@@ -36,13 +36,16 @@ POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
     "dp-max-noise-multiplier", "dp-distributed-max-nodes",
     "dp-accountant", "dp-grad-sample-mode", "dp-rounds", "dp-metrics", "dp-metrics-share",
-    "analytics-max-epsilon",
+    "analytics-max-epsilon", "clustering-max-epsilon",
 )  # fmt: skip
 
 # The most ε one analytics query may spend at a node unless its operator says otherwise
 # (node config `analytics-max-epsilon`): a query asking more is declined (code 102), so
 # that no single query can take a large part of a budget meant for training as well.
 DEFAULT_ANALYTICS_MAX_EPSILON = 1.0
+# The same for one clustering job, all its rounds together (node config
+# `clustering-max-epsilon`; privacy/clustering_release.py).
+DEFAULT_CLUSTERING_MAX_EPSILON = 1.0
 
 
 class DPPolicy(BaseModel):
@@ -71,6 +74,10 @@ class DPPolicy(BaseModel):
     # The node's cap on one analytics query's ε (client/analytics_handler.py).
     analytics_max_epsilon: float = Field(
         DEFAULT_ANALYTICS_MAX_EPSILON, alias="analytics-max-epsilon", gt=0
+    )
+    # The node's cap on one clustering job's ε, all its rounds together.
+    clustering_max_epsilon: float = Field(
+        DEFAULT_CLUSTERING_MAX_EPSILON, alias="clustering-max-epsilon", gt=0
     )
     state_dir: Path
 

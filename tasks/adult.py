@@ -144,6 +144,11 @@ def raw_train() -> pd.DataFrame:
     return read_raw(data_dir() / "adult.data").reset_index(drop=True)
 
 
+def raw_test() -> pd.DataFrame:
+    """The held-out rows as the UCI file has them (the order of `load().x_test`)."""
+    return read_raw(data_dir() / "adult.test").reset_index(drop=True)
+
+
 def encode(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return encode_features(frame), encode_labels(frame)
 
@@ -160,4 +165,5 @@ TASK = Task(
     evaluate=evaluate,
     raw_train=raw_train,
     encode=encode,
+    raw_test=raw_test,
 )

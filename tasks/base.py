@@ -48,6 +48,9 @@ class Task:
     # order of `Dataset.x_train`), and how a governed frame becomes features and labels.
     raw_train: Callable[[], pd.DataFrame] | None = None
     encode: Callable[[pd.DataFrame], tuple[np.ndarray, np.ndarray]] | None = None
+    # The held-out rows as the source has them (the order of `Dataset.x_test`): what a
+    # simulation scores unsupervised results on, such as clustering's inertia.
+    raw_test: Callable[[], pd.DataFrame] | None = None
 
 
 def stratified_holdout(

@@ -1,6 +1,7 @@
 """The `aidmp` command: one subcommand group for each kind of user.
 
 researcher   simulate, analyze, audit-privacy, pilot-data   (aidmp/cli/researcher.py)
+researcher   cluster                                        (aidmp/cli/cluster.py)
 researcher   sweep, report                                  (aidmp/cli/sweep.py)
 institution  ledger, govern, audit, node           (aidmp/cli/institution.py)
 coordinator  certs, coordinator, run               (aidmp/cli/coordinator.py)
@@ -22,7 +23,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aidmp.cli import coordinator, institution, keys, researcher, sweep
+from aidmp.cli import cluster, coordinator, institution, keys, researcher, sweep
 from aidmp.errors import AidmpError
 
 EXIT_USAGE = 2
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_sweep(sub)
     sweep.add_report(sub)
     researcher.add_analyze(sub)
+    cluster.add_cluster(sub)
     institution.add_ledger(sub)
     researcher.add_audit_privacy(sub)
     keys.add_keys(sub)
