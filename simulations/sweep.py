@@ -18,7 +18,6 @@ attempt's spend into this one.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
@@ -144,16 +143,15 @@ def execute_run(run: RunSpec, out: Path, engine: str, *, in_process: bool) -> st
 
 
 def _run_in_process(argv: list[str], log_path: Path) -> str | None:
-    """`aidmp simulate ...` in this process, its output into log.txt."""
+    """`aidmp simulate ...` in this process, its output into log.txt as it goes."""
     from aidmp.cli import main
 
     logger = logging.getLogger("aidmp")
     handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
     logger.handlers = []  # main() adds its handler on the stdout redirected here
-    out, err = io.StringIO(), io.StringIO()
     error: str | None = None
     try:
-        with redirect_stdout(out), redirect_stderr(err):
+        with log_path.open("w") as log, redirect_stdout(log), redirect_stderr(log):
             try:
                 code = main(argv)
             except SystemExit as exc:  # argparse's usage errors
@@ -164,9 +162,8 @@ def _run_in_process(argv: list[str], log_path: Path) -> str | None:
     finally:
         logger.handlers, logger.propagate = handlers, propagate
         logger.setLevel(level)
-    log_path.write_text(out.getvalue() + err.getvalue())
     if code != 0 and error is None:
-        error = _error_line(err.getvalue()) or f"aidmp simulate exited with {code}"
+        error = _error_line(log_path.read_text()) or f"aidmp simulate exited with {code}"
     return error
 
 
