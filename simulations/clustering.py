@@ -10,7 +10,7 @@ Everything a user can get wrong is checked before the engine starts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from aidmp.simulations.analysis import _researcher_decrypts
 from aidmp.simulations.runner import ENGINES, prepare, run_flower_simulation
 from aidmp.tasks import get_task
 
-NodeConfig = Mapping[str, bool | int | float | str]
+NodeConfig = Callable[[int], Mapping[str, bool | int | float | str]]
 
 
 def clustering_job(
@@ -74,7 +74,7 @@ def cluster(
     grid_wrapper: Any = None,
 ) -> dict[str, Any]:
     """Run `job` at `institutions` simulated institutions; returns clusters.json's data.
-    `node_config` (in-process engine only) is added to every node's config, e.g. a cap.
+    `node_config(i)` (in-process engine only) is added to node i's config, e.g. a cap.
     `grid_wrapper(grid)` wraps the coordinator's grid (tests record what it receives)."""
     if engine not in ENGINES:
         raise AidmpError(f"unknown engine '{engine}'; choose one of: {', '.join(ENGINES)}")
@@ -95,8 +95,7 @@ def cluster(
         if not verbose:
             flwr_logger.setLevel(logging.ERROR)
         try:
-            extra = dict(node_config or {})
-            grid = InProcessGrid(institutions, node_config=lambda i: extra)
+            grid = InProcessGrid(institutions, node_config=node_config)
             return run_clustering(wrap(grid), job, cfg, run_id=str(grid.run.run_id),
                                   decrypt=decrypt, heldout=heldout)  # fmt: skip
         finally:
