@@ -5,11 +5,17 @@ import sys
 
 import pytest
 
+from tests.inprocess_cli import aidmp
+
 
 def _aidmp(*args, block=None):
-    # `block` makes a dataset package look uninstalled, as on a machine without it.
-    pre = f"import sys; sys.modules[{block!r}] = None; " if block else "import sys; "
-    code = pre + "from aidmp.cli import main; sys.exit(main(sys.argv[1:]))"
+    """`aidmp ARGS` in this process (tests/inprocess_cli.py), or, with `block`, in a new
+    one where that dataset package looks uninstalled, as on a machine without it (this
+    process may have imported it already)."""
+    if block is None:
+        return aidmp(*args)
+    code = f"import sys; sys.modules[{block!r}] = None; "
+    code += "from aidmp.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
     )

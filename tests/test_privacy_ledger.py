@@ -23,6 +23,7 @@ from aidmp.privacy.ledger import (
     epsilon_of,
     reset_ledger,
 )
+from tests.inprocess_cli import aidmp
 
 HISTORY = [Charge(1.1, 0.01, 100), Charge(1.1, 0.01, 100), Charge(0.8, 0.02, 50)]
 
@@ -327,8 +328,8 @@ def test_a_format_1_ledger_loads_verifies_and_is_written_as_format_2(tmp_path):
     assert old.spent() == pytest.approx(old.entries[-1]["epsilon_after"], rel=1e-9)
     assert old.verify() == []
     for verb in ("show", "verify"):  # the institution's tools read it as it is
-        subprocess.run([sys.executable, "-m", "aidmp.cli", "ledger", verb, str(path)],
-                       check=True, capture_output=True)  # fmt: skip
+        done = aidmp("ledger", verb, str(path))
+        assert done.returncode == 0, done.stderr
     old.charge(Charge(1.1, 0.01, 100), run_id="new", round=1)
     doc = json.loads(path.read_text())["body"]
     assert doc["format"] == 2 and doc["migrated_from"] == 1
