@@ -26,6 +26,7 @@ from aidmp.simulations.sweep_results import (
     read_run,
     read_sweep,
     result_rows,
+    utility,
 )
 
 REPORT_HTML = "report.html"
@@ -171,6 +172,7 @@ def run_section(record: RunRecord, *, open_: bool = False) -> str:
             ["figure", "value"],
             [
                 [f"final accuracy ({fig['final_source']})", fig["final_accuracy"]],
+                ["held-out accuracy of the final model", fig["heldout_accuracy"]],
                 ["final loss", fig["final_loss"]],
                 ["centralized baseline accuracy", fig["baseline_accuracy"]],
                 ["ε budget per institution", privacy.get("epsilon_budget")],
@@ -212,7 +214,7 @@ def run_section(record: RunRecord, *, open_: bool = False) -> str:
 
 
 def _wrap(record: RunRecord, inner: str, open_: bool) -> str:
-    acc = figures(record.summary)["final_accuracy"]
+    acc = utility(record.summary)
     head = f"{record.id}: {record.status}" + (f", final accuracy {fmt(acc)}" if acc else "")
     opened = " open" if open_ else ""
     return (
@@ -287,13 +289,13 @@ def _comparisons(grid: dict[str, list[Any]], done: list[RunRecord]) -> str:
     """The privacy–utility curve (or, without ε in the grid, a bar per configuration),
     accuracy per round, and the mean final accuracy by each grid key's values."""
     parts = []
-    accuracy = {r.id: figures(r.summary)["final_accuracy"] for r in done}
+    accuracy = {r.id: a for r in done if (a := utility(r.summary)) is not None}
     baselines = [figures(r.summary)["baseline_accuracy"] for r in done]
     baseline = statistics.fmean(b for b in baselines if b is not None) if any(baselines) else None
     if EPSILON_KEY in grid:
         curves: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in done:
-            if accuracy[r.id] is not None:
+            if r.id in accuracy:
                 label = _label(r.grid_point, skip=(EPSILON_KEY,))
                 curves[label][float(r.options.get(EPSILON_KEY, math.inf))].append(accuracy[r.id])
         parts.append("<h2>Privacy–utility</h2>")
@@ -311,13 +313,16 @@ def _comparisons(grid: dict[str, list[Any]], done: list[RunRecord]) -> str:
             rows.append([label, *cells])
         parts.append(
             "<p class=muted>Final accuracy, mean ± sd over seeds, by ε per institution "
-            f"(∞: no DP). Centralized baseline without DP: {fmt(baseline)}.</p>"
+            f"(∞: no DP). Centralized baseline without DP: {fmt(baseline)}. Accuracy is the "
+            "final model's on the held-out split (for HE runs, as the researcher measured it "
+            "after decrypting the model); a run without a held-out figure counts with its "
+            "federated one, which nodes under DP send noised.</p>"
         )
         parts.append(table(["", *(f"ε={fmt(e)}" for e in eps_values)], rows))
     else:
         groups: dict[str, list[float]] = defaultdict(list)
         for r in done:
-            if accuracy[r.id] is not None:
+            if r.id in accuracy:
                 groups[_label(r.grid_point)].append(accuracy[r.id])
         parts.append("<h2>Final accuracy by configuration</h2>")
         parts.append(
@@ -340,7 +345,7 @@ def _comparisons(grid: dict[str, list[Any]], done: list[RunRecord]) -> str:
         for value in values:
             value = math.inf if key == EPSILON_KEY and value in ("inf", None) else value
             runs = [r for r in done if r.grid_point.get(key) == value]
-            accs = [accuracy[r.id] for r in runs if accuracy[r.id] is not None]
+            accs = [accuracy[r.id] for r in runs if r.id in accuracy]
             spent = [figures(r.summary)["epsilon_spent_max"] for r in runs]
             seconds = [figures(r.summary)["wall_seconds"] for r in runs]
             stats = charts.mean_spread(accs) if accs else (None, None)

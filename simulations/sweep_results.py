@@ -25,7 +25,7 @@ from aidmp.simulations.sweep import (
 RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 FIGURES = (
-    "final_accuracy", "final_accuracy_std", "final_loss", "final_source",
+    "final_accuracy", "final_accuracy_std", "final_loss", "final_source", "heldout_accuracy",
     "baseline_accuracy", "epsilon_spent_max", "epsilon_spent_mean", "declined_rounds",
     "governance_declines", "rounds_completed", "he_bytes_per_round", "wall_seconds",
 )  # fmt: skip
@@ -113,6 +113,7 @@ def figures(summary: dict[str, Any] | None) -> dict[str, Any]:
         "final_accuracy_std": final.get("accuracy_std"),
         "final_loss": final.get("loss"),
         "final_source": final.get("source"),
+        "heldout_accuracy": heldout_accuracy(summary),
         "baseline_accuracy": summary.get("centralized_baseline", {}).get("accuracy"),
         "epsilon_spent_max": max(spent) if spent else None,
         "epsilon_spent_mean": sum(spent) / len(spent) if spent else None,
@@ -122,6 +123,25 @@ def figures(summary: dict[str, Any] | None) -> dict[str, Any]:
         "he_bytes_per_round": summary.get("he", {}).get("bytes_sent_per_round"),
         "wall_seconds": summary.get("wall_seconds"),
     }
+
+
+def heldout_accuracy(summary: dict[str, Any]) -> float | None:
+    """The final model's accuracy on the task's held-out split, where anyone measured it:
+    the coordinator (plaintext runs), or the researcher after decrypting the final model
+    (HE runs). Under DP, federated figures are noised and not comparable across runs."""
+    final = summary["final"]
+    if final.get("source") == "central":
+        return final.get("accuracy")
+    held_out = summary.get("he", {}).get("held_out_by_researcher") or {}
+    return held_out.get("accuracy")
+
+
+def utility(summary: dict[str, Any] | None) -> float | None:
+    """The accuracy a sweep compares: held-out where measured, else the final figure."""
+    if summary is None:
+        return None
+    measured = heldout_accuracy(summary)
+    return measured if measured is not None else summary["final"].get("accuracy")
 
 
 def result_rows(keys: list[str], records: list[RunRecord]) -> list[dict[str, Any]]:

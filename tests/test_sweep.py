@@ -5,6 +5,7 @@ file answered with its lines, and the report opened in headless Chromium."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import re
@@ -105,6 +106,12 @@ def test_a_failed_run_is_recorded_and_the_others_finish(tmp_path: Path) -> None:
     assert rows[1000]["final_accuracy"] == ""
     assert rows[3]["status"] == "done" and float(rows[3]["final_accuracy"]) > 0.5
 
+    # The report shows the failed run with its error beside the finished one.
+    assert aidmp("report", str(out)).returncode == 0
+    page = (out / "report.html").read_text()
+    assert "Final accuracy by configuration" in page  # no ε in the grid: bars, not a curve
+    assert "1 done, 1 failed" in page and html.escape(error) in page
+
     # A failed run is tried again on the next call; the finished one is not.
     done_at = (folders[3] / SUMMARY_NAME).stat().st_mtime_ns
     again = aidmp("sweep", str(spec), "--out", str(out), "--engine", "inprocess")
@@ -150,6 +157,12 @@ def test_every_grid_point_and_seed_is_one_run_with_a_stable_id(tmp_path: Path) -
     # A changed base option is another run, even at the same grid point and seed.
     spec.write_text(spec.read_text().replace("rounds: 2", "rounds: 3"))
     assert not {r.id for r in load_sweep(spec).runs} & {r.id for r in runs}
+
+
+def test_report_of_a_folder_without_runs_says_what_it_needs(tmp_path: Path) -> None:
+    result = aidmp("report", str(tmp_path))
+    assert result.returncode == 2
+    assert "no summary.json or sweep.json in" in result.stderr and "Traceback" not in result.stderr
 
 
 CHROMIUM = find_chromium()
