@@ -115,6 +115,9 @@ class RunConfig(BaseModel):
     # --- analytics (server/analysis.py): a query's canonical JSON; the run then asks the
     # nodes for it instead of training (`aidmp run --analysis Q.yaml` fills it in).
     analysis: str = Field("", description="a query's canonical JSON: run it instead of training")
+    # --- clustering (server/clustering.py): a k-means job's canonical JSON; the run then
+    # runs it instead of training (`aidmp run --cluster JOB.yaml` fills it in).
+    clustering: str = Field("", description="a k-means job's canonical JSON: run it instead")
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

@@ -555,3 +555,68 @@ def policy_features(policy: Any, wanted: list[str] | None = None) -> list[Featur
             )
         out.append(Feature(name, float(rule.min), float(rule.max)))
     return out
+
+
+# --- a job file (a deployed run: the coordinator holds no node's policy) ---------------
+
+JOB_FILE_KEYS = {"k", "epsilon", "rounds", "delta", "seed", "candidates", "min_count", "features"}
+
+
+def load_job_file(path: Any) -> ClusterJob:
+    """A clustering job from a YAML file that states every feature's bounds:
+
+    k: 4
+    epsilon: 1.0          # the whole job's ε at each institution
+    rounds: 6             # optional (default 6)
+    delta: 1.0e-5         # optional
+    seed: 0               # optional: the random candidates' public seed
+    min_count: 10         # optional: a node uses the larger of this and its policy's
+    features: [age:17:90, education-num:1:16, hours-per-week:1:99]
+    """
+    from pathlib import Path
+
+    import yaml
+
+    file = Path(path)
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise ClusterError(f"cannot read the job file {file} ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ClusterError(f"the job file {file} is not YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ClusterError(f"the job file {file} must be a mapping (k, epsilon, features, ...)")
+    unknown = sorted(set(map(str, doc)) - JOB_FILE_KEYS)
+    if unknown:
+        raise ClusterError(f"the job file {file} has unknown key(s) {', '.join(unknown)}")
+    for key in ("k", "epsilon", "features"):
+        if key not in doc:
+            raise ClusterError(f"the job file {file} lacks '{key}'")
+    items = doc["features"]
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ClusterError("features must be a list of NAME:LOW:HIGH")
+    features = []
+    for item in items:
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise ClusterError(
+                f"feature {item!r}: a deployed job states every bound (NAME:LOW:HIGH); the "
+                "coordinator holds no node's policy"
+            )
+        try:
+            features.append(Feature(parts[0], float(parts[1]), float(parts[2])))
+        except ValueError:
+            raise ClusterError(f"feature {item!r}: LOW and HIGH must be numbers") from None
+    try:
+        return make_job(
+            features,
+            k=doc["k"],
+            epsilon=float(doc["epsilon"]),
+            delta=float(doc.get("delta", 1e-5)),
+            rounds=int(doc.get("rounds", 6)),
+            seed=int(doc.get("seed", 0)),
+            candidates=int(doc["candidates"]) if "candidates" in doc else None,
+            min_count=int(doc.get("min_count", 0)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ClusterError(f"the job file {file}: {exc}") from None

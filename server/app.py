@@ -2,7 +2,8 @@
 
 It trains (server/federation.py), or, when the run config's `analysis` holds a query's
 canonical JSON (`aidmp run --analysis Q.yaml`), asks the nodes for that query instead
-(server/analysis.py).
+(server/analysis.py); when its `clustering` holds a k-means job's (`aidmp run --cluster
+JOB.yaml`), runs that job (server/clustering.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from aidmp.analytics import parse_query
+from aidmp.analytics.clustering import parse_job
 from aidmp.config import RunConfig
 from aidmp.server.analysis import run_analysis
+from aidmp.server.clustering import run_clustering
 from aidmp.server.federation import run_federation
 
 app = ServerApp()
@@ -34,5 +37,8 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.analysis:
         query = parse_query(cfg.analysis, source="run-config analysis")
         run_analysis(grid, query, cfg, run_id=str(context.run_id))
+        return
+    if cfg.clustering:
+        run_clustering(grid, parse_job(cfg.clustering), cfg, run_id=str(context.run_id))
         return
     run_federation(grid, cfg, run_id=str(context.run_id))

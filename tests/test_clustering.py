@@ -173,3 +173,44 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
                    "--engine", "inprocess", *args)  # fmt: skip
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_deployed_run_carries_the_job_in_its_run_config(tmp_path):
+    """`aidmp run --cluster JOB.yaml`: the job travels as the run config's `clustering`,
+    and the ServerApp runs it instead of training."""
+    import tomllib
+
+    from flwr.app import Context, RecordDict
+
+    from aidmp.cli.coordinator import cluster_run_config
+    from aidmp.server.app import main as server_main
+    from aidmp.simulations.inprocess import InProcessGrid
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(
+        "k: 2\nepsilon: 1.0\nrounds: 2\nfeatures: [age:17:90, hours-per-week:1:99]\n"
+    )
+    out = tmp_path / "out"
+    toml = cluster_run_config(f"out-dir='{out}' min-nodes=2", str(job_file), tmp_path)
+    pairs = tomllib.loads(Path(toml).read_text())
+    # In simulation the run config also names the governance policy, the split and the
+    # DP default; a deployed node would use its own.
+    run_config = pairs | {"governance-policy": str(bundled_policy("adult")), "partition": "iid",
+                          "dp": True, "dp-epsilon": 1.0}  # fmt: skip
+    grid = InProcessGrid(2)
+    context = Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=run_config)  # fmt: skip
+    server_main(grid, context)
+    result = json.loads((out / CLUSTERS_NAME).read_text())
+    assert result["job"]["k"] == 2 and result["features"] == ["age", "hours-per-week"]
+    assert result["rounds"][-1]["answered"] == ["institution-0", "institution-1"]
+    assert not (out / "checkpoint.npz").exists()  # nothing trained
+
+
+def test_a_deployed_job_states_every_bound(tmp_path):
+    from aidmp.cli.coordinator import cluster_run_config
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("k: 2\nepsilon: 1.0\nfeatures: [age, hours-per-week:1:99]\n")
+    with pytest.raises(AidmpError, match="states every bound"):
+        cluster_run_config("", str(job_file), tmp_path)

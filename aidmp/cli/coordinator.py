@@ -99,6 +99,12 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="ask the nodes for this federated statistics query (YAML) instead of "
         "training; every bound, bin and category must be stated in it",
     )
+    p.add_argument(
+        "--cluster",
+        metavar="JOB",
+        help="run this federated k-means job (YAML: k, epsilon, features as NAME:LOW:HIGH, "
+        "rounds) instead of training; writes clusters.json in the run's out-dir",
+    )
     p.set_defaults(handler=_run_run)
 
 
@@ -143,6 +149,27 @@ def analysis_run_config(run_config: str, query_path: str, folder: object) -> str
     return str(path)
 
 
+def cluster_run_config(run_config: str, job_path: str, folder: object) -> str:
+    """A run-config TOML file holding `run_config`'s pairs and `clustering`: the k-means
+    job's canonical JSON. Checked first: a job that leaves a bound to a policy fails here."""
+    from pathlib import Path
+
+    from flwr.common.config import parse_config_args
+
+    from aidmp.analytics.clustering import load_job_file
+    from aidmp.errors import AidmpError
+
+    job = load_job_file(Path(job_path))
+    try:
+        pairs = parse_config_args([run_config]) if run_config.strip() else {}
+    except Exception as exc:
+        raise AidmpError(f"--run-config: {exc}") from None
+    pairs["clustering"] = job.text()
+    path = Path(str(folder)) / "cluster-run-config.toml"
+    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in pairs.items()))
+    return str(path)
+
+
 def _run_run(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
@@ -154,6 +181,17 @@ def _run_run(args: argparse.Namespace) -> int:
     name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
     cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
     run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
+    if args.analysis and args.cluster:
+        from aidmp.errors import AidmpError
+
+        raise AidmpError("--analysis and --cluster are two jobs; run one at a time")
+    if args.cluster:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            toml = cluster_run_config(run_config, args.cluster, folder)
+            cmd += ["--run-config", toml]
+            return subprocess.run(cmd, env=flwr_env(home)).returncode
     if args.analysis:
         import tempfile
 
