@@ -162,6 +162,8 @@ def _run_in_process(argv: list[str], log_path: Path) -> str | None:
     finally:
         logger.handlers, logger.propagate = handlers, propagate
         logger.setLevel(level)
+    if code == 130:  # Ctrl-C reached the run (the CLI turned it into 130): stop the sweep
+        raise KeyboardInterrupt
     if code != 0 and error is None:
         error = _error_line(log_path.read_text()) or f"aidmp simulate exited with {code}"
     return error
@@ -175,6 +177,8 @@ def _run_as_process(argv: list[str], log_path: Path) -> str | None:
         )
     if proc.returncode == 0:
         return None
+    if proc.returncode in (130, -2):  # Ctrl-C: the sweep stops too (the run is redone later)
+        raise KeyboardInterrupt
     return _error_line(log_path.read_text()) or f"aidmp simulate exited with {proc.returncode}"
 
 
