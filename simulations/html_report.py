@@ -20,6 +20,7 @@ from aidmp.errors import AidmpError, DeclineCode
 from aidmp.simulations import report_charts as charts
 from aidmp.simulations.sweep import ERROR_NAME, SUMMARY_NAME, SWEEP_NAME
 from aidmp.simulations.sweep_results import (
+    COORDINATOR_REPORT,
     RunRecord,
     figures,
     option_keys,
@@ -79,13 +80,13 @@ def write_report(folder: Path) -> Path:
     """Write FOLDER/report.html for a sweep folder (sweep.json) or a run folder."""
     if (folder / SWEEP_NAME).is_file():
         title, body = sweep_page(folder)
-    elif (folder / SUMMARY_NAME).is_file() or (folder / ERROR_NAME).is_file():
+    elif any((folder / name).is_file() for name in (SUMMARY_NAME, COORDINATOR_REPORT, ERROR_NAME)):
         record = read_run(folder)
         title, body = f"aidmp run {record.id}", run_section(record, open_=True)
     else:
         raise AidmpError(
-            f"no {SUMMARY_NAME} or {SWEEP_NAME} in {folder}: give the --out folder of "
-            "`aidmp simulate` or `aidmp sweep`"
+            f"no {SUMMARY_NAME}, {COORDINATOR_REPORT} or {SWEEP_NAME} in {folder}: give the "
+            "--out folder of `aidmp simulate`, `aidmp run` or `aidmp sweep`"
         )
     page = (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"

@@ -23,6 +23,7 @@ from aidmp.simulations.sweep import (
 )
 
 RESULTS_CSV = "results.csv"
+COORDINATOR_REPORT = "report.json"  # server/report.py REPORT_NAME (not imported: Flower)
 RESULTS_PARQUET = "results.parquet"
 FIGURES = (
     "final_accuracy", "final_accuracy_std", "final_loss", "final_source", "heldout_accuracy",
@@ -52,7 +53,9 @@ class RunRecord:
 def read_run(folder: Path) -> RunRecord:
     """A run folder of a sweep (options.json) or of a plain `aidmp simulate`."""
     meta = read_json(folder / OPTIONS_NAME) or {}
-    summary = read_json(folder / SUMMARY_NAME)
+    # A deployed run's folder (`aidmp run`) has the coordinator's report.json only: the
+    # same rounds, privacy, governance and HE figures, without the baseline.
+    summary = read_json(folder / SUMMARY_NAME) or read_json(folder / COORDINATOR_REPORT)
     failure = read_json(folder / ERROR_NAME)
     options = meta.get("options") or _options_of_summary(summary)
     return RunRecord(

@@ -162,7 +162,8 @@ def test_every_grid_point_and_seed_is_one_run_with_a_stable_id(tmp_path: Path) -
 def test_report_of_a_folder_without_runs_says_what_it_needs(tmp_path: Path) -> None:
     result = aidmp("report", str(tmp_path))
     assert result.returncode == 2
-    assert "no summary.json or sweep.json in" in result.stderr and "Traceback" not in result.stderr
+    assert "no summary.json, report.json or sweep.json in" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 CHROMIUM = find_chromium()
