@@ -142,6 +142,14 @@ def test_the_node_cap_declines_a_job_asking_too_much(tmp_path):
     assert not path.exists() or PrivacyLedger.load(path).entries == []
 
 
+def test_a_node_without_dp_releases_nothing(tmp_path):
+    cfg, result = _run(tmp_path / "out", node_config=lambda i: {"dp": False} if i == 1 else {})
+    (failure,) = result["rounds"][0]["declined"]
+    assert failure["institution"] == "institution-1"
+    assert failure["code"] == DeclineCode.PRIVACY_POLICY
+    assert result["rounds"][-1]["answered"] == ["institution-0"]
+
+
 def test_a_round_is_released_once_and_never_beyond_the_stated_rounds(tmp_path):
     job = _job(rounds=2)
     plan = plan_clustering(job)
