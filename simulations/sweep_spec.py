@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -126,6 +127,7 @@ _NAMED_VALUES: dict[str, Callable[[], Any]] = {
 }
 
 
+@functools.cache
 def simulate_options() -> dict[str, Option]:
     """Every long option of `aidmp simulate`, read off its parser."""
     from aidmp.cli.researcher import add_simulate
@@ -232,11 +234,6 @@ class Sweep:
     file: SweepFile
     runs: list[RunSpec]
     grid: dict[str, list[Any]]  # the file's grid, its values checked and normalised
-
-    @property
-    def option_keys(self) -> list[str]:
-        """Every option the sweep sets, in the file's order, seed last."""
-        return [*self.file.base, *(k for k in self.file.grid if k not in self.file.base), "seed"]
 
 
 def load_sweep(path: Path) -> Sweep:

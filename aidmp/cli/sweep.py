@@ -55,7 +55,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from aidmp.simulations.sweep import run_sweep
+    from aidmp.simulations.sweep import is_done, run_folder, run_sweep
     from aidmp.simulations.sweep_results import read_sweep, write_results
 
     # The bar writes to the terminal's stderr as it is now: an in-process run redirects
@@ -75,9 +75,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
     task = progress.add_task("runs", total=None)
 
+    done = sum(is_done(run_folder(out, run)) for run in sweep.runs)
+    print(f"sweep: {len(sweep.runs)} run(s); {done} already done, {len(sweep.runs) - done} to run")
+
     def on_start(todo: int) -> None:
-        done = len(sweep.runs) - todo
-        print(f"sweep: {len(sweep.runs)} run(s); {done} already done, {todo} to run")
         progress.update(task, total=todo)
 
     def on_done(run: RunSpec, error: str | None) -> None:
