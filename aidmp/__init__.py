@@ -27,27 +27,6 @@ if not _os.path.isdir(_os.path.join(_here, "server")) and _os.path.isfile(
 
 __version__ = "0.1.0"
 
-# The apps Flower loads (pyproject's [tool.flwr.app.components]). Flower's simulation
-# checks the ClientApp's reference on one thread while it imports the ServerApp on
-# another, outside its import lock; a dotted reference (`aidmp.client.app:app`) makes
-# that check import `aidmp.client` and can catch this package half-initialised. A
-# top-level reference is checked without importing anything (Flower reads `__all__`),
-# and the real import happens under Flower's lock.
-__all__ = ["server_app", "client_app"]
-
-
-def __getattr__(name: str) -> object:
-    if name == "server_app":
-        from aidmp.server.app import app as server_app
-
-        return server_app
-    if name == "client_app":
-        from aidmp.client.app import app as client_app
-
-        return client_app
-    raise AttributeError(f"module 'aidmp' has no attribute {name!r}")
-
-
 # The rooms of the project, subpackages of aidmp.
 SUBPACKAGES = (
     "server",
