@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -102,18 +103,16 @@ def run_sweep(
 
     if jobs == 1:
         for run in todo:
-            finish(run, execute_run(run, out, engine, in_process=True))
+            finish(run, execute_run(run, out, engine, jobs=1))
     else:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {
-                pool.submit(execute_run, run, out, engine, in_process=False): run for run in todo
-            }
+            futures = {pool.submit(execute_run, run, out, engine, jobs=jobs): run for run in todo}
             for future in as_completed(futures):
                 finish(futures[future], future.result())
     return outcome
 
 
-def execute_run(run: RunSpec, out: Path, engine: str, *, in_process: bool) -> str | None:
+def execute_run(run: RunSpec, out: Path, engine: str, *, jobs: int) -> str | None:
     """Run one point from an empty folder; return its error (None: it finished)."""
     folder = run_folder(out, run)
     if folder.exists():
@@ -130,8 +129,11 @@ def execute_run(run: RunSpec, out: Path, engine: str, *, in_process: bool) -> st
         },
     )
     started = time.monotonic()
-    runner = _run_in_process if in_process else _run_as_process
-    error = runner(argv, folder / LOG_NAME)
+    if jobs == 1:
+        error = _run_in_process(argv, folder / LOG_NAME)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        error = _run_as_process(argv, folder / LOG_NAME, threads)
     if error is None and not is_done(folder):
         error = f"the run ended without {SUMMARY_NAME}; see {folder / LOG_NAME}"
     if error is not None:
@@ -169,11 +171,20 @@ def _run_in_process(argv: list[str], log_path: Path) -> str | None:
     return error
 
 
-def _run_as_process(argv: list[str], log_path: Path) -> str | None:
-    """`aidmp simulate ...` as a child process (for --jobs N), its output into log.txt."""
+def _run_as_process(argv: list[str], log_path: Path, threads: int) -> str | None:
+    """`aidmp simulate ...` as a child process (for --jobs N), its output into log.txt.
+
+    Each child gets its share of the cores for torch's thread pools (unless the caller set
+    OMP_NUM_THREADS): N runs each spinning up a pool of every core slow one another down
+    many times over (the centralized baseline's thousands of small steps went from 2 s
+    to 200 s with two runs on two cores)."""
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     with log_path.open("w") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "aidmp.cli", *argv], stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "aidmp.cli", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     if proc.returncode == 0:
         return None
