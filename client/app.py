@@ -33,6 +33,7 @@ from aidmp.client.audit_trail import audit_mod
 from aidmp.client.clustering_handler import answer_clustering
 from aidmp.client.data import institution_name, ledger_key, local_data, node_state_dir
 from aidmp.client.decline import decline, decline_for, require_own_state_dir
+from aidmp.client.decrypt_handler import decrypt_sum
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
 from aidmp.errors import AidmpError, DeclineCode, HeError, PrivacyError, RoundConfigError
@@ -284,6 +285,15 @@ def analytics(msg: Message, context: Context) -> Message:
     """A federated statistics query (client/analytics_handler.py): governed rows, noised
     partials charged to the ledger before the reply leaves, or a decline."""
     return answer_query(msg, context)
+
+
+@app.query("decrypt")
+@_decline_on_error
+def decrypt(msg: Message, context: Context) -> Message:
+    """Under HE, the sum of a query's (or k-means round's) encrypted partials, decrypted
+    for the coordinator, which holds no secret key (client/decrypt_handler.py): only a sum
+    holding this node's own charged release."""
+    return decrypt_sum(msg, context)
 
 
 @app.query("clustering")

@@ -21,12 +21,10 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable
 from logging import getLogger
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tenseal as ts
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -40,6 +38,7 @@ from aidmp.privacy.analytics_release import fill_skeletons
 from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import EncryptedSum
 from aidmp.server.federation import round_config_for
+from aidmp.server.key_holder import Decrypt, sites_decrypt
 from aidmp.server.rounds import _expiring, _failures, _silent, stream_replies
 
 log = getLogger("aidmp.server")
@@ -50,9 +49,6 @@ MESSAGE_TYPE = "query.analytics"  # the ClientApp's @app.query("analytics")
 QUERY_RECORD = "query"  # as client/analytics_handler.py reads it
 PARTIAL_RECORD = "analytics"
 ANALYSIS_FORMAT = 1
-
-
-Decrypt = Callable[[list[bytes], int, int], np.ndarray]
 
 
 def _public_context(cfg: RunConfig) -> tuple[ts.Context, str]:
@@ -93,15 +89,11 @@ def run_analysis(
     """Ask every node for `query`, combine, write OUT/analysis.json and analysis.png.
 
     Under HE (`cfg.he`) the nodes send ciphertexts; this coordinator only adds them,
-    with the public key, and hands the one sum to `decrypt(chunks, size, contributions)`,
-    the key holder's (in simulation, the researcher's; a deployed coordinator has none).
+    with the public key, and hands the one sum to `decrypt(chunks, size, contributions)`:
+    in simulation the researcher's; by default (a deployed coordinator, which holds no
+    secret key) a site that answered decrypts it (server/key_holder.py).
     """
     out = Path(cfg.out_dir)
-    if cfg.he and decrypt is None:
-        raise AidmpError(
-            "he=true analytics needs a key holder to decrypt the summed partials; this "
-            "coordinator holds the public key only (in simulation: aidmp analyze --he)"
-        )
     public = _public_context(cfg) if cfg.he else None
     plan = plan_for(query, cfg)
     if not quiet:
@@ -168,9 +160,16 @@ def run_analysis(
     )
     failures += rejected
     declined = {str(f["institution"]): f"code {f['code']}: {f['reason']}" for f in failures}
-    if encrypted is not None and encrypted.total is not None and decrypt is not None:
+    if encrypted is not None and encrypted.total is not None and public is not None:
         chunks = [v.serialize() for v in encrypted.total]
         size = sum(c.size for s in plan.statistics for c in s.components)
+        if decrypt is None:  # a deployed coordinator: a site that answered decrypts the sum
+            releases = {
+                r.metadata.src_node_id: r.metadata.reply_to_message_id
+                for r in replies
+                if not r.has_error() and names.get(r.metadata.src_node_id) in partials
+            }
+            decrypt = sites_decrypt(grid, cfg, job_id, releases, public[1])
         partials = fill_skeletons(plan, partials, decrypt(chunks, size, encrypted.count))
     if len(partials) < 1:
         result = combine(plan, {}, declined=declined)

@@ -10,7 +10,8 @@ mechanism; client/clustering_handler.py the node's side).
    waiting at most `round-timeout` seconds for the replies;
 3. adds the noisy per-cluster counts and centred sums; under HE (`cfg.he`) it only adds
    ciphertexts, with the public key, and hands the one sum to `decrypt`, the key
-   holder's (in simulation the researcher's; a deployed coordinator has none). Round 1's
+   holder's (in simulation the researcher's; by default a site that answered, as a
+   deployed coordinator holds no secret key: server/key_holder.py). Round 1's
    sums become the k initial centroids (weighted k-means++ over the noisy candidate
    means), later rounds' the next centroids;
 4. writes OUT/clusters.json (atomically) and OUT/clusters.png: the centroids in
@@ -49,6 +50,7 @@ from aidmp.errors import AidmpError, DeclineCode
 from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import EncryptedSum
 from aidmp.server.federation import round_config_for
+from aidmp.server.key_holder import sites_decrypt
 from aidmp.server.rounds import _expiring, _failures, _silent, stream_replies
 
 log = getLogger("aidmp.server")
@@ -113,11 +115,6 @@ def run_clustering(
     """Run `job` over every connected node; write OUT/clusters.json and clusters.png.
     `heldout`: held-out points (scaled, as analytics.clustering.feature_matrix makes
     them) for the inertia, where the caller has them (simulation)."""
-    if cfg.he and decrypt is None:
-        raise AidmpError(
-            "he=true clustering needs a key holder to decrypt the summed releases; this "
-            "coordinator holds the public key only (in simulation: aidmp cluster --he)"
-        )
     out = Path(cfg.out_dir)
     public = None
     if cfg.he:
@@ -196,9 +193,17 @@ def run_clustering(
                 str(f["institution"]), f"round {rnd}: code {f['code']}: {f['reason']}"
             )
         if total.encrypted is not None and total.encrypted.total is not None:
-            assert decrypt is not None
+            assert public is not None
             chunks = [v.serialize() for v in total.encrypted.total]
-            summed = decrypt(chunks, total.size, total.encrypted.count)
+            key_holder = decrypt
+            if key_holder is None:  # a deployed coordinator: a site that answered decrypts
+                releases = {
+                    r.metadata.src_node_id: r.metadata.reply_to_message_id
+                    for r in replies
+                    if not r.has_error() and names.get(r.metadata.src_node_id) in answered
+                }
+                key_holder = sites_decrypt(grid, cfg, job_id, releases, public[1])
+            summed = key_holder(chunks, total.size, total.encrypted.count)
             released = release_from_vector(summed, k, d, np.zeros(k, dtype=bool))
             total.counts, total.sums = released.counts, released.sums
         history.append({"round": rnd, "centroids_sent": k, "answered": sorted(answered),

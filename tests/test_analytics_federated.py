@@ -370,3 +370,62 @@ def test_a_node_holding_a_key_answers_no_plaintext_query(tmp_path):
     assert failure["institution"] == "site-a" and failure["code"] == DeclineCode.HE_KEYS
     ledger = tmp_path / "site-a" / LEDGER_NAME
     assert not ledger.exists() or not PrivacyLedger.load(ledger).entries
+
+
+def test_a_deployed_coordinator_has_a_site_decrypt_the_sum_and_a_site_decrypts_nothing_else(
+    tmp_path,
+):
+    """A deployed coordinator holds the public key only: under HE it adds the encrypted
+    partials, then asks a site that answered to decrypt that one sum (`query.decrypt`,
+    server/key_holder.py). The figures equal the researcher's decryption in simulation.
+    A site refuses (103) to decrypt for a release its own ledger did not charge."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from aidmp.privacy.he.keys import simulation_keys
+    from aidmp.server.federation import round_config_for
+
+    keys = tmp_path / "keys"
+    simulation_keys(keys)
+    received: list[Message] = []
+    _, _, plain = _run(tmp_path / "plain")
+    cfg = _cfg(tmp_path / "he", 3, he=True, **{"he-keys": str(keys)})
+    grid = InProcessGrid(3)
+    result = run_analysis(
+        RecordingGrid(grid, received), parse_query(SMALL_QUERY), cfg,
+        run_id=str(grid.run.run_id), quiet=True,
+    )  # fmt: skip
+    (decrypted,) = [m for m in received if "decrypted" in m.content.config_records]
+    asked = {m.metadata.src_node_id for m in received if "analytics" in m.content.config_records}
+    assert decrypted.metadata.src_node_id in asked  # a site that answered
+    for name, stat in plain["statistics"].items():
+        assert _as_floats(result["statistics"][name]["value"]) == pytest.approx(
+            _as_floats(stat["value"]), abs=1e-3
+        )
+    # The decryption is audited at the site that made it, and charged nothing.
+    audits = [
+        AuditLog(Path(cfg.out_dir) / "institutions" / f"institution-{i}" / AUDIT_NAME).records()
+        for i in range(3)
+    ]
+    decryptions = [r for log in audits for r in log if r["kind"] == "query.decrypt-reply"]
+    assert len(decryptions) == 1 and decryptions[0]["epsilon_charged"] is None
+
+    # The same sum again, but naming a release no node's ledger charged: every site refuses.
+    record = decrypted  # any reply will do for the node id
+    content = RecordDict(
+        {
+            "config": round_config_for(cfg, 1, "another-job"),
+            "decrypt": ConfigRecord(
+                {"chunks": [b"\0" * 64], "size": 3, "contributions": 3,
+                 "fingerprint": "x", "release": "not-a-release"}
+            ),
+        }
+    )  # fmt: skip
+    from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
+
+    public = load_context(key_file_for(keys, "coordinator"), "coordinator")
+    content["decrypt"]["fingerprint"] = fingerprint(public)
+    msg = Message(content=content, dst_node_id=record.metadata.src_node_id,
+                  message_type="query.decrypt")  # fmt: skip
+    (reply,) = grid.send_and_receive([msg], timeout=60)
+    assert reply.has_error() and reply.error.code == 103
+    assert "its ledger has no such release" in reply.error.reason

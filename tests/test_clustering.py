@@ -130,6 +130,29 @@ def test_under_he_only_ciphertexts_cross_and_the_result_matches_plaintext(tmp_pa
     assert encrypted["he"] is True
 
 
+def test_a_deployed_coordinator_has_a_site_decrypt_each_rounds_sum(tmp_path):
+    """Without the researcher's key (a deployed coordinator holds the public one only),
+    each round's encrypted sum is decrypted by a site that answered (`query.decrypt`,
+    server/key_holder.py), which charges nothing for it; the centroids are the same."""
+    from aidmp.server.clustering import run_clustering
+    from aidmp.simulations.inprocess import InProcessGrid
+    from aidmp.simulations.runner import prepare
+
+    keys = tmp_path / "keys"
+    simulation_keys(keys)
+    _, plain = _run(tmp_path / "plain")
+    cfg = prepare(_cfg(tmp_path / "he", he=True, **{"he-keys": str(keys)}), 2)
+    grid, received = InProcessGrid(2), []
+    result = run_clustering(RecordingGrid(grid, received), _job(), cfg,
+                            run_id=str(grid.run.run_id), quiet=True)  # fmt: skip
+    decrypted = [m for m in received if "decrypted" in m.content.config_records]
+    assert len(decrypted) == _job().rounds
+    assert np.allclose(plain["centroids_scaled"], result["centroids_scaled"], atol=1e-3)
+    for i in range(2):
+        ledger = PrivacyLedger.load(_folder(cfg, i) / LEDGER_NAME)
+        assert [e["release_kind"] for e in ledger.entries] == [CLUSTERING] * _job().rounds
+
+
 def test_the_node_cap_declines_a_job_asking_too_much(tmp_path):
     cap = {0: {"clustering-max-epsilon": 0.5}}
     cfg, result = _run(tmp_path / "out", node_config=lambda i: cap.get(i, {}))
