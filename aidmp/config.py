@@ -148,6 +148,12 @@ class RunConfig(BaseModel):
             self._check_distributed()
         if not self.he:
             return
+        if not self.he_keys:
+            raise AidmpError(
+                "he=true needs he-keys: the path of coordinator.ckks from `aidmp keys init`"
+            )
+        if self.analysis or self.clustering:  # a query or a k-means job trains no model
+            return
         if self.strategy not in HE_STRATEGIES:
             raise AidmpError(
                 f"he=true works with {', '.join(HE_STRATEGIES)} only: {self.strategy} must "
@@ -162,10 +168,6 @@ class RunConfig(BaseModel):
             raise AidmpError(
                 "he=true cannot be combined with client-dp=true: client-level DP adds noise "
                 "to the plaintext mean at the coordinator. Use the nodes' DP-SGD (dp=true)"
-            )
-        if not self.he_keys:
-            raise AidmpError(
-                "he=true needs he-keys: the path of coordinator.ckks from `aidmp keys init`"
             )
 
     def _check_distributed(self) -> None:

@@ -32,3 +32,15 @@ def test_bad_value_names_the_key():
 def test_min_nodes_above_min_available_nodes_is_refused():
     with pytest.raises(AidmpError, match="min-nodes=3 is more than min-available-nodes=1"):
         RunConfig.from_flower({"min-nodes": 3, "min-available-nodes": 1})
+
+
+def test_an_encrypted_query_or_clustering_job_needs_keys_not_training_settings():
+    """`aidmp run --analysis Q.yaml --run-config "he=true he-keys=..."`: a job that trains
+    no model is not refused for the training defaults (central-eval, strategy)."""
+    for job in ({"analysis": "{}"}, {"clustering": "{}"}):
+        cfg = RunConfig.from_flower({"he": True, "he-keys": "k", "strategy": "median", **job})
+        assert cfg.he and cfg.central_eval
+        with pytest.raises(AidmpError, match="needs he-keys"):
+            RunConfig.from_flower({"he": True, **job})
+    with pytest.raises(AidmpError, match="central-eval=false"):
+        RunConfig.from_flower({"he": True, "he-keys": "k"})
