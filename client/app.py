@@ -34,6 +34,7 @@ from aidmp.client.clustering_handler import answer_clustering
 from aidmp.client.data import institution_name, ledger_key, local_data, node_state_dir
 from aidmp.client.decline import decline, decline_for, require_own_state_dir
 from aidmp.client.decrypt_handler import decrypt_sum
+from aidmp.client.explain_handler import answer_explanation
 from aidmp.client.governed import Governed, governed_data
 from aidmp.client.mods import client_dp_clipping_mod
 from aidmp.errors import AidmpError, DeclineCode, HeError, PrivacyError, RoundConfigError
@@ -303,3 +304,12 @@ def clustering(msg: Message, context: Context) -> Message:
     rows, noisy per-cluster counts and sums charged to the ledger before the reply
     leaves, or a decline."""
     return answer_clustering(msg, context)
+
+
+@app.query("explain")
+@_decline_on_error
+def explain(msg: Message, context: Context) -> Message:
+    """Permutation importance of the global model on this node's validation rows
+    (client/explain_handler.py): noisy bounded sums charged to the ledger before the reply
+    leaves, or a decline."""
+    return answer_explanation(msg, context)

@@ -91,6 +91,7 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
         records = reply.content.config_records
         # A query's partial or a k-means round's release: ciphertext chunks under HE.
         answer = records.get("analytics") or records.get("clustering")
+        answer = answer or records.get("explanation")
         encrypted = "he-update" in records or (answer is not None and "chunks" in answer)
         details = {"encrypted": encrypted}
         release = None if node is None else node.get("release")
@@ -98,10 +99,11 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
             details["release"] = release
             # As the ledger names it: an update, evaluation figures (privacy/metrics.py),
             # a query's partials (client/analytics_handler.py), or a k-means round
-            # (client/clustering_handler.py).
+            # (client/clustering_handler.py) or an explanation (client/explain_handler.py).
             details["release_kind"] = (
                 "metrics" if kind == "evaluate"
                 else "clustering" if kind == "query.clustering"
+                else "explanation" if kind == "query.explain"
                 else "analytics" if kind.startswith("query") else "training"
             )  # fmt: skip
     # Which message this answers (the ledger keeps the same id for the release it

@@ -36,7 +36,7 @@ POLICY_KEYS = (
     "dp", "dp-epsilon", "dp-delta", "dp-max-grad-norm", "dp-noise-multiplier",
     "dp-max-noise-multiplier", "dp-distributed-max-nodes",
     "dp-accountant", "dp-grad-sample-mode", "dp-rounds", "dp-metrics", "dp-metrics-share",
-    "analytics-max-epsilon", "clustering-max-epsilon",
+    "analytics-max-epsilon", "clustering-max-epsilon", "explain-max-epsilon",
 )  # fmt: skip
 
 # The most ε one analytics query may spend at a node unless its operator says otherwise
@@ -46,6 +46,9 @@ DEFAULT_ANALYTICS_MAX_EPSILON = 1.0
 # The same for one clustering job, all its rounds together (node config
 # `clustering-max-epsilon`; privacy/clustering_release.py).
 DEFAULT_CLUSTERING_MAX_EPSILON = 1.0
+# The same for one explanation (node config `explain-max-epsilon`;
+# privacy/explain_release.py).
+DEFAULT_EXPLAIN_MAX_EPSILON = 1.0
 
 
 class DPPolicy(BaseModel):
@@ -78,6 +81,10 @@ class DPPolicy(BaseModel):
     # The node's cap on one clustering job's ε, all its rounds together.
     clustering_max_epsilon: float = Field(
         DEFAULT_CLUSTERING_MAX_EPSILON, alias="clustering-max-epsilon", gt=0
+    )
+    # The node's cap on one explanation's ε (privacy/explain_release.py).
+    explain_max_epsilon: float = Field(
+        DEFAULT_EXPLAIN_MAX_EPSILON, alias="explain-max-epsilon", gt=0
     )
     state_dir: Path
 

@@ -166,4 +166,5 @@ TASK = Task(
     raw_train=raw_train,
     encode=encode,
     raw_test=raw_test,
+    feature_names=tuple(FEATURE_NAMES),
 )

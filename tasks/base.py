@@ -51,6 +51,9 @@ class Task:
     # The held-out rows as the source has them (the order of `Dataset.x_test`): what a
     # simulation scores unsupervised results on, such as clustering's inertia.
     raw_test: Callable[[], pd.DataFrame] | None = None
+    # The encoded features' names (`column=category` for a one-hot block), in the order of
+    # `Dataset.x_train`'s columns: explanations sum them back to their source columns.
+    feature_names: tuple[str, ...] | None = None
 
 
 def stratified_holdout(

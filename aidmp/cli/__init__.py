@@ -2,6 +2,7 @@
 
 researcher   simulate, analyze, audit-privacy, pilot-data   (aidmp/cli/researcher.py)
 researcher   cluster                                        (aidmp/cli/cluster.py)
+researcher   explain                                        (aidmp/cli/explain.py)
 researcher   sweep, report                                  (aidmp/cli/sweep.py)
 institution  ledger, govern, audit, node           (aidmp/cli/institution.py)
 coordinator  certs, coordinator, run               (aidmp/cli/coordinator.py)
@@ -23,7 +24,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aidmp.cli import cluster, coordinator, institution, keys, researcher, sweep
+from aidmp.cli import cluster, coordinator, explain, institution, keys, researcher, sweep
 from aidmp.errors import AidmpError
 
 EXIT_USAGE = 2
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_report(sub)
     researcher.add_analyze(sub)
     cluster.add_cluster(sub)
+    explain.add_explain(sub)
     institution.add_ledger(sub)
     researcher.add_audit_privacy(sub)
     keys.add_keys(sub)
