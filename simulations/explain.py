@@ -334,6 +334,11 @@ def format_explanation(result: dict[str, Any], top: int = 10) -> str:
         )
         for name, reason in fed["declined"].items():
             lines.append(f"declined: {name}: {reason}")
+        if not fed["institutions_answered"] and fed["ledgers"].startswith("the run's own"):
+            lines.append(
+                "no institution could pay for the explanation from the run's own ledgers; "
+                "in simulation, --separate-budget EPS gives it ledgers of its own"
+            )
     return "\n".join(lines)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from aidmp.cli.researcher import _engine_options
 from aidmp.errors import AidmpError
 
 
@@ -47,8 +46,15 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
         help="simulation only: charge fresh ledgers of this budget (RUN/explain-institutions) "
         "instead of the run's own, which a finished run may have spent",
     )
-    _engine_options(p)
-    p.set_defaults(handler=_run_explain, engine="inprocess")
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument(
+        "--engine",
+        choices=("ray", "inprocess"),
+        default="inprocess",
+        help="inprocess (default): every institution's ClientApp in this process, one "
+        "after another; ray: Flower's simulation engine",
+    )
+    p.set_defaults(handler=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
