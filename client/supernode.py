@@ -68,6 +68,7 @@ def node_config(
     dataset_id: str | None = None,
     dp_metrics: str | None = None,
     distributed_max_nodes: int | None = None,
+    noise_multiplier: float | None = None,
 ) -> str:
     """The `--node-config` string, after checking each file it names and that the state
     folder can hold the ledger and the audit log. `dp_epsilon` None: --no-dp.
@@ -98,6 +99,13 @@ def node_config(
         parts |= {"dp": "true", "dp-epsilon": str(dp_epsilon)}
         if max_noise_multiplier is not None:
             parts["dp-max-noise-multiplier"] = str(float(max_noise_multiplier))
+        if noise_multiplier is not None:
+            if noise_multiplier <= 0:
+                raise AidmpError(
+                    f"--dp-noise-multiplier must be > 0 (got {noise_multiplier:g}); leave it "
+                    "out to plan the noise from the budget"
+                )
+            parts["dp-noise-multiplier"] = str(float(noise_multiplier))
         if distributed_max_nodes is not None:
             parts["dp-distributed-max-nodes"] = str(int(distributed_max_nodes))
         if dp_metrics is not None:

@@ -420,3 +420,36 @@ def test_node_start_names_the_dataset_and_the_metrics_choice(site, tmp_path):
     with pytest.raises(AidmpError, match="dataset-id"):
         node_config(data=site / "rows.csv", policy=site / "policy.yaml", keys=None,
                     state_dir=tmp_path, name="a", dp_epsilon=3.0, dataset_id=" ")  # fmt: skip
+
+
+def test_node_start_passes_every_dp_setting_it_takes(site, tmp_path, monkeypatch):
+    """`aidmp node start --dp-noise-multiplier 1.5 --dp-distributed-max-nodes 5`: both
+    reach the node config (the second was once accepted and dropped), and a fixed σ is
+    the node's own: the run's planned σ does not move it."""
+    from flwr.common.config import parse_config_args
+
+    import aidmp.client.supernode as supernode
+    from aidmp.privacy.policy import resolve_node_privacy
+    from tests.inprocess_cli import aidmp
+
+    made: list[str] = []
+
+    def capture(**kw: object) -> str:
+        made.append(real(**kw))
+        raise AidmpError("captured")
+
+    real = supernode.node_config
+    monkeypatch.setattr(supernode, "node_config", capture)
+    done = aidmp("node", "start", "--superlink", "127.0.0.1:1", "--insecure",
+                 "--data", str(site / "rows.csv"), "--policy", str(site / "policy.yaml"),
+                 "--ledger", str(tmp_path / "state"), "--dp-epsilon", "3",
+                 "--dp-noise-multiplier", "1.5", "--dp-distributed-max-nodes", "5")  # fmt: skip
+    assert done.returncode == 2 and "captured" in done.stderr
+    node = parse_config_args(made)
+    assert node["dp-noise-multiplier"] == 1.5 and node["dp-distributed-max-nodes"] == 5
+    cfg = RoundConfig.from_record(round_config_for(RunConfig(task="adult"), 1))
+    policy = resolve_node_privacy(node, cfg, "site").policy
+    assert policy is not None and policy.noise_multiplier == 1.5
+    with pytest.raises(AidmpError, match="must be > 0"):
+        real(data=site / "rows.csv", policy=site / "policy.yaml", keys=None,
+             state_dir=tmp_path, name="a", dp_epsilon=3.0, noise_multiplier=0.0)  # fmt: skip

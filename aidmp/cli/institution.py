@@ -236,6 +236,14 @@ def _node_start_args(p: argparse.ArgumentParser) -> None:
     dp.add_argument("--dp-epsilon", type=float, help="this site's DP budget (DP-SGD on)")
     dp.add_argument("--no-dp", action="store_true", help="train without DP (no budget kept)")
     p.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        metavar="SIGMA",
+        help="train every round at this noise multiplier, charging what it costs, instead of "
+        "planning sigma to spend the whole budget over the run's rounds: leaves budget for "
+        "later jobs (queries, clustering); a round that would pass the budget is declined",
+    )
+    p.add_argument(
         "--dp-max-noise-multiplier",
         type=float,
         help="decline a round (code 102) whose noise multiplier would exceed this: what a "
@@ -275,7 +283,8 @@ def _run_node_start(args: argparse.Namespace) -> int:
         keys=Path(args.keys) if args.keys else None,
         name=args.name or Path(args.ledger).resolve().name, dp_epsilon=args.dp_epsilon,
         max_noise_multiplier=args.dp_max_noise_multiplier, dataset_id=args.dataset_id,
-        dp_metrics=args.dp_metrics,
+        dp_metrics=args.dp_metrics, distributed_max_nodes=args.dp_distributed_max_nodes,
+        noise_multiplier=args.dp_noise_multiplier,
     )  # fmt: skip
     cmd = supernode_command(
         superlink=args.superlink, config=config,
