@@ -25,10 +25,12 @@ from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
 from aidmp.privacy.audit import AUDIT_NAME, AuditLog, verify_audit_log
 from aidmp.privacy.explain_release import EXPLANATION, release_node_explanation
+from aidmp.privacy.he.keys import key_file_for, load_context, simulation_keys
 from aidmp.privacy.ledger import LEDGER_NAME, BudgetExhausted, PrivacyLedger
 from aidmp.privacy.policy import DPPolicy
 from aidmp.server.checkpoint import Checkpoint, save_checkpoint
 from aidmp.simulations.explain import EXPLAIN_NAME, EXPLAIN_PLOT, explain_run
+from aidmp.strategies.encrypted import EncryptedFedAvg
 from aidmp.tasks import get_task
 from tests.inprocess_cli import aidmp
 from tests.recording import RecordingGrid
@@ -63,27 +65,25 @@ def test_a_model_that_uses_one_column_ranks_it_first():
     assert permutation_importance(model, x, y, groups, seed=0, repeats=3) == result
 
 
-def _run_folder(tmp_path: Path, *, dp: bool = True) -> Path:
+def _run_folder(tmp_path: Path, *, dp: bool = True, he_keys: Path | None = None) -> Path:
     """A finished run's folder as `aidmp simulate` leaves it: the run config in
-    summary.json and the global model in checkpoint.npz (here the task's model, seeded)."""
+    summary.json and the global model in checkpoint.npz (here the task's model, seeded;
+    with `he_keys`, encrypted under them as an HE run's coordinator keeps it)."""
     run = tmp_path / "run"
-    run.mkdir()
-    cfg = RunConfig.from_flower(
-        {
-            "task": TASK,
-            "partition": "iid",
-            "dp": dp,
-            "dp-epsilon": 2.0,
-            "central-eval": False,
-            "out-dir": str(run),
-        }  # fmt: skip
-    )
+    run.mkdir(parents=True)
+    settings = {"task": TASK, "partition": "iid", "dp": dp, "dp-epsilon": 2.0,
+                "central-eval": False, "out-dir": str(run)}  # fmt: skip
+    if he_keys is not None:
+        settings |= {"he": True, "he-keys": str(he_keys)}
+    cfg = RunConfig.from_flower(settings)
     torch.manual_seed(0)
     model = get_task(TASK).build_model()
-    save_checkpoint(
-        run / "checkpoint.npz",
-        Checkpoint(round=1, model={k: v.detach().numpy() for k, v in model.state_dict().items()}),
-    )
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    if he_keys is not None:
+        public = load_context(key_file_for(he_keys, "coordinator"), "coordinator")
+        arrays = EncryptedFedAvg(public).initial_state(model.state_dict())
+        state = {k: v.numpy() for k, v in arrays.items()}
+    save_checkpoint(run / "checkpoint.npz", Checkpoint(round=1, model=state))
     summary = {"task": TASK, "institutions": INSTITUTIONS, "run_config": cfg.to_flower()}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
@@ -166,6 +166,19 @@ def test_the_node_cap_declines_an_explanation_asking_too_much(tmp_path):
     # Declined before anything was charged: its ledger was never even opened.
     assert not (run / "institutions" / "institution-0" / LEDGER_NAME).exists()
     assert len(_ledger(run, 1).entries) == 1
+
+
+def test_an_encrypted_run_is_decrypted_by_the_researcher_and_not_sent_to_nodes(tmp_path):
+    keys = tmp_path / "keys"
+    simulation_keys(keys)
+    encrypted = explain_run(_run_folder(tmp_path / "he", he_keys=keys), repeats=1)
+    plain = explain_run(_run_folder(tmp_path / "plain"), repeats=1, federated=False)
+    # The researcher's key opens the checkpoint: the same model, up to CKKS's error.
+    for column, figures in plain["central"]["permutation"].items():
+        decrypted = encrypted["central"]["permutation"][column]["importance"]
+        assert decrypted == pytest.approx(figures["importance"], abs=1e-4)
+    assert "encrypted" in encrypted["federated"]["skipped"]
+    assert not (tmp_path / "he" / "run" / "institutions").exists()  # no node was asked
 
 
 def test_a_run_without_dp_has_no_budget_to_charge(tmp_path):
