@@ -170,8 +170,47 @@ def cluster_run_config(run_config: str, job_path: str, folder: object) -> str:
     return str(path)
 
 
-def _run_run(args: argparse.Namespace) -> int:
+def _flwr_run(cmd: list[str], env: dict[str, str], connection: str) -> int:
+    """`flwr run ... --stream`, its output passed through, then the run's own status:
+    `flwr run` exits 0 when the run it started failed (a ServerApp exception, a bad run
+    config value), so we ask the SuperLink how the run ended (`flwr ls --run-id`)."""
+    import json
+    import re
     import subprocess
+
+    from aidmp.flower_tools import flower_tool
+
+    proc = subprocess.Popen(
+        cmd, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )  # fmt: skip
+    run_id = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
+            run_id = found.group(1)
+    code = proc.wait()
+    if code != 0 or run_id is None:
+        return code or 1
+    ls = subprocess.run(
+        [flower_tool("flwr"), "ls", connection, "--run-id", run_id, "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        (run,) = json.loads(ls.stdout)["runs"]
+        status, details = str(run["status"]), str(run.get("status-details", ""))
+    except (ValueError, KeyError, TypeError):
+        print(f"aidmp: run {run_id} was started; its status could not be read", file=sys.stderr)
+        return 1
+    if status.startswith("finished:") and status != "finished:completed":
+        print(f"aidmp: run {run_id} {status.split(':', 1)[1]}: {details}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aidmp.flower_tools import flower_tool
@@ -190,18 +229,16 @@ def _run_run(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as folder:
             toml = cluster_run_config(run_config, args.cluster, folder)
-            cmd += ["--run-config", toml]
-            return subprocess.run(cmd, env=flwr_env(home)).returncode
+            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name)
     if args.analysis:
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
             toml = analysis_run_config(run_config, args.analysis, folder)
-            cmd += ["--run-config", toml]
-            return subprocess.run(cmd, env=flwr_env(home)).returncode
+            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name)
     if run_config.strip():
         cmd += ["--run-config", run_config.strip()]
-    code = subprocess.run(cmd, env=flwr_env(home)).returncode
+    code = _flwr_run(cmd, flwr_env(home), name)
     if code != 0:
         print(
             "aidmp: the run ended with an error. If the coordinator's SuperLink went down, "
