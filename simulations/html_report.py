@@ -43,6 +43,7 @@ th{background:#f0f0f0}td.t,th.t{text-align:left}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[data-dir=asc]::after{content:" \\25B2"}
 table.sortable th[data-dir=desc]::after{content:" \\25BC"}
+table.sortable td{white-space:nowrap}
 tr.failed td{background:#fde8e8}
 img{max-width:100%;border:1px solid #ddd;margin:6px 0}
 details{margin:6px 0;border:1px solid #ddd;padding:4px 10px}
