@@ -266,18 +266,23 @@ def permutation_importance(
     *,
     seed: int,
     repeats: int = 5,
+    bound: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """Central permutation importance (no clipping, no noise): per column, the mean loss
-    increase and its standard deviation over the repeats."""
+    increase and its standard deviation over the repeats; with `bound`, also the mean of
+    the differences clipped to [−bound, bound] (what a release estimates, without noise)."""
     diffs = cycle_differences(model, x, y, groups, np.random.default_rng(seed), repeats)
     per_repeat = diffs.mean(axis=1)  # (repeats, columns)
-    return {
-        column: {
+    clipped = None if bound is None else np.clip(diffs, -bound, bound).mean(axis=(0, 1))
+    out: dict[str, dict[str, float]] = {}
+    for j, column in enumerate(groups):
+        out[column] = {
             "importance": float(per_repeat[:, j].mean()),
             "std_over_repeats": float(per_repeat[:, j].std()),
         }
-        for j, column in enumerate(groups)
-    }
+        if clipped is not None:
+            out[column]["importance_clipped"] = float(clipped[j])
+    return out
 
 
 # --- the institution's release ------------------------------------------------------------

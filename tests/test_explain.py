@@ -61,8 +61,10 @@ def test_a_model_that_uses_one_column_ranks_it_first():
     assert ranked[0] == "b" and result["b"]["importance"] > 1.0
     for column in ("a", "c", "d", "colour"):  # unused: permuting them changes nothing
         assert result[column]["importance"] == pytest.approx(0.0, abs=1e-6)
-    # Deterministic given the seed.
+    # Deterministic given the seed; clipping each row's difference only shrinks it.
     assert permutation_importance(model, x, y, groups, seed=0, repeats=3) == result
+    clipped = permutation_importance(model, x, y, groups, seed=0, repeats=3, bound=0.5)
+    assert 0 < clipped["b"]["importance_clipped"] <= 0.5 < clipped["b"]["importance"]
 
 
 def _run_folder(tmp_path: Path, *, dp: bool = True, he_keys: Path | None = None) -> Path:
