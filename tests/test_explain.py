@@ -193,3 +193,14 @@ def test_a_missing_run_folder_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no run folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bad_options_are_answered_before_any_work(tmp_path):
+    from aidmp.analytics import explain as library
+    from aidmp.cli import explain as cli
+
+    assert cli.MAX_REPEATS == library.MAX_REPEATS
+    result = aidmp("explain", "--run", str(tmp_path), "--repeats", "0")
+    assert result.returncode == 2 and "--repeats must be 1 to 20" in result.stderr
+    result = aidmp("explain", "--run", str(tmp_path))  # a folder, but not a run's
+    assert result.returncode == 2 and "holds no summary.json" in result.stderr

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from aidmp.errors import AidmpError
 
+MAX_REPEATS = 20  # analytics/explain.py's (not imported here: it loads torch)
+
 
 def add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -65,6 +67,8 @@ def _run_explain(args: argparse.Namespace) -> int:
         raise AidmpError("--dp-epsilon must be positive: every release is noised and charged")
     if not args.bound > 0:
         raise AidmpError("--bound must be positive")
+    if not 1 <= args.repeats <= MAX_REPEATS:
+        raise AidmpError(f"--repeats must be 1 to {MAX_REPEATS}, not {args.repeats}")
     if args.separate_budget is not None and not args.separate_budget > 0:
         raise AidmpError("--separate-budget must be positive")
     from aidmp.simulations.explain import (  # heavy imports: late
