@@ -10,6 +10,7 @@ on one federation. The test prints its wall time.
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -144,7 +145,10 @@ class Federation:
 
     def start_site(self, i: int, *extra: str) -> subprocess.Popen:
         key = str(self.tmp / f"site-{i}.key")
-        return self.start_node(f"site-{i}", "--node-key", key, "--dp-epsilon", "8", *extra)
+        # A fixed σ, the site's own: a budget planned over one job's rounds would leave
+        # nothing for the re-run round and the later query and k-means job (code 102).
+        return self.start_node(f"site-{i}", "--node-key", key, "--dp-epsilon", "8",
+                               "--dp-noise-multiplier", "1.5", *extra)  # fmt: skip
 
     def submit(self, run_config: str, *extra: str) -> subprocess.Popen:
         return self.start("run", "run", *self.link, "--run-config", run_config,
@@ -228,13 +232,11 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
 
     out = fed.tmp / "out"
     ckpt = out / CHECKPOINT_NAME
-    # Every round waits for all three sites to be connected; two replies are enough. A
-    # fixed σ leaves budget for the re-run: σ planned to spend exactly ε over 3 rounds
-    # would leave a site that released in the cut-short round nothing for it (code 102).
+    # Every round waits for all three sites to be connected; two replies are enough.
     run_config = (
         f"task='adult' num-rounds=3 partition='iid' out-dir='{out}' he=true "
         f"he-keys='{keys / 'coordinator.ckks'}' central-eval=false fraction-evaluate=0.0 "
-        "min-available-nodes=3 min-nodes=2 round-timeout=240 dp-noise-multiplier=1.5"
+        "min-available-nodes=3 min-nodes=2 round-timeout=240"
     )
     run = fed.submit(run_config)
 
@@ -300,34 +302,72 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         assert ledger[-1]["run_id"] == rerun
     assert released_twice >= 1
 
-    # A federated statistics query (`aidmp run --analysis`). A fourth site joins without
-    # a CKKS key and answers in plaintext; the three that hold a key refuse to send
-    # partials in plaintext (their own rule, 104), so their ledgers are not charged.
+    # A job whose ServerApp fails (a value the run config cannot take): `flwr run` exits 0
+    # for it, `aidmp run` does not.
+    failed = fed.submit(f"task='adult' strategy='fedavgx' out-dir='{fed.tmp / 'bad'}'")
+    assert failed.wait(timeout=120) != 0
+    assert re.search(r"aidmp: run \d+ failed: ", fed.log("run")), fed.log("run")[-3000:]
+
+    # A federated statistics query under HE (`aidmp run --analysis`): the coordinator adds
+    # the sites' encrypted partials and, holding the public key only, asks a site that
+    # answered to decrypt the one sum. A fourth site, without a CKKS key, cannot answer
+    # an encrypted query (104) and is not charged.
     fed.enroll("site-3")
     fed.site(3, rows)
     fed.start_site(3)
     stats = fed.tmp / "stats"
     query = ROOT / "simulations" / "queries" / "adult.yaml"
-    asked = fed.submit(f"out-dir='{stats}' min-nodes=1 min-available-nodes=4",
-                       "--analysis", str(query))  # fmt: skip
+    asked = fed.submit(
+        f"out-dir='{stats}' min-nodes=1 min-available-nodes=4 he=true "
+        f"he-keys='{keys / 'coordinator.ckks'}'",
+        "--analysis", str(query),
+    )  # fmt: skip
     assert asked.wait(timeout=300) == 0, fed.log("run")[-3000:]
     assert (stats / "analysis.json").is_file(), fed.log("run")[-3000:]
     result = json.loads((stats / "analysis.json").read_text())
-    assert result["institutions"]["answered"] == ["site-3"]
-    declined = {d["institution"]: d for d in result["institutions"]["declined"]}
-    assert set(declined) == {"site-0", "site-1", "site-2"}
-    assert all(d["code"] == 104 and "ask with he" in d["reason"] for d in declined.values())
+    assert result["he"] is True
+    assert result["institutions"]["answered"] == ["site-0", "site-1", "site-2"]
+    (keyless,) = result["institutions"]["declined"]
+    assert (keyless["institution"], keyless["code"]) == ("site-3", 104)
     assert result["statistics"]["rows"]["value"] > 0
+    untouched = fed.tmp / "site-3" / "state" / LEDGER_NAME
+    assert not untouched.exists() or json.loads(untouched.read_text())["body"]["entries"] == []
+    decryptions = 0
     for i in range(3):
-        ledger = json.loads((fed.tmp / f"site-{i}" / "state" / LEDGER_NAME).read_text())
-        assert "analytics" not in {e["release_kind"] for e in ledger["body"]["entries"]}
-    state = fed.tmp / "site-3" / "state"
-    assert verify_audit_log(state / AUDIT_NAME) == []
-    (charged,) = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
-    assert charged["release_kind"] == "analytics"
-    spent = result["privacy"]["epsilon_by_institution"]["site-3"]
-    assert 0 < spent <= 1.0 and charged["epsilon_after"] == pytest.approx(spent)
-    audit = [json.loads(line) for line in (state / AUDIT_NAME).read_text().splitlines()]
-    (answered,) = [r for r in audit if r["kind"] == "query.analytics-reply"]
-    assert answered["details"]["reply_to"] == charged["message_id"]
-    assert answered["epsilon_charged"] == pytest.approx(spent)
+        state = fed.tmp / f"site-{i}" / "state"
+        assert verify_audit_log(state / AUDIT_NAME) == []
+        *_, charged = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
+        assert charged["release_kind"] == "analytics"
+        audit = [json.loads(line) for line in (state / AUDIT_NAME).read_text().splitlines()]
+        (answered,) = [r for r in audit if r["kind"] == "query.analytics-reply"]
+        assert answered["details"]["reply_to"] == charged["message_id"]
+        assert answered["details"]["encrypted"] is True
+        decrypted = [r for r in audit if r["kind"] == "query.decrypt-reply"]
+        assert all(r["epsilon_charged"] is None for r in decrypted)
+        decryptions += len(decrypted)
+    assert decryptions == 1  # one site decrypted the one sum
+
+    # A federated k-means job under HE (`aidmp run --cluster`): each round the sites
+    # release noisy per-cluster counts and sums as ciphertext, charged to their ledgers;
+    # a site decrypts each round's one sum for the coordinator.
+    job = fed.tmp / "job.yaml"
+    job.write_text("k: 3\nepsilon: 1.0\nrounds: 2\nfeatures: [age:17:90, hours-per-week:1:99]\n")
+    clusters = fed.tmp / "clusters"
+    clustered = fed.submit(
+        f"out-dir='{clusters}' min-nodes=1 min-available-nodes=4 he=true "
+        f"he-keys='{keys / 'coordinator.ckks'}'",
+        "--cluster", str(job),
+    )  # fmt: skip
+    assert clustered.wait(timeout=300) == 0, fed.log("run")[-3000:]
+    assert (clusters / "clusters.json").is_file(), fed.log("run")[-3000:]
+    found = json.loads((clusters / "clusters.json").read_text())
+    assert len(found["centroids"]) == 3
+    for centre in found["centroids"]:
+        assert 17 <= centre["age"] <= 90 and 1 <= centre["hours-per-week"] <= 99
+    for i in range(3):
+        state = fed.tmp / f"site-{i}" / "state"
+        assert verify_audit_log(state / AUDIT_NAME) == []
+        entries = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
+        assert [e["release_kind"] for e in entries[-2:]] == ["clustering", "clustering"]
+        assert {e["job_id"] for e in entries[-2:]} == {found["job_id"]}
+    assert not untouched.exists() or json.loads(untouched.read_text())["body"]["entries"] == []
