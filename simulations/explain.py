@@ -10,9 +10,8 @@ The model is the run's checkpoint. Under HE the checkpoint is ciphertext: the re
 who holds the simulation's keys, decrypts it for the central part; the federated part is
 refused (a coordinator that cannot read the model cannot send it). The institutions'
 ledgers are the run's own (DIR/institutions, one budget per population), so a run that
-spent its budget leaves nothing for an explanation: those institutions decline (102).
-`separate_budget` gives the explanation fresh ledgers of that budget instead, under
-DIR/explain-institutions: the researcher's choice in simulation, said so in the output.
+spent its budget leaves nothing for an explanation: those institutions decline (102). A
+run meant to be explained keeps budget for it (`aidmp simulate --dp-noise-multiplier`).
 Writes DIR/explain.json and DIR/explain.png.
 """
 
@@ -171,7 +170,6 @@ def federated_explanation(
     state: dict[str, np.ndarray],
     *,
     engine: str = "inprocess",
-    separate_budget: float | None = None,
     node_config: NodeConfig | None = None,
     grid_wrapper: Any = None,
     verbose: bool = False,
@@ -186,18 +184,12 @@ def federated_explanation(
         "min_available_nodes": institutions,
         "resume": False,
     }
-    if separate_budget is not None:
-        update |= {
-            "state_root": str((run_dir / "explain-institutions").resolve()),
-            "dp_epsilon": separate_budget,
-        }
-    else:
-        update["state_root"] = cfg.state_root or str((run_dir / "institutions").resolve())
+    update["state_root"] = cfg.state_root or str((run_dir / "institutions").resolve())
     cfg = cfg.model_copy(update=update)
     if not cfg.dp:
         raise AidmpError(
-            "the run trained without DP, so its institutions have no budget to charge an "
-            "explanation to; rerun `aidmp explain` with --separate-budget EPS"
+            "the run trained without DP, so its institutions keep no budget to charge a "
+            "federated explanation to; use --central-only, or explain a run trained with DP"
         )
     wrap = grid_wrapper or (lambda g: g)
     if engine == "inprocess":
@@ -234,7 +226,6 @@ def explain_run(
     seed: int = 0,
     federated: bool = True,
     engine: str = "inprocess",
-    separate_budget: float | None = None,
     node_config: NodeConfig | None = None,
     grid_wrapper: Any = None,
     verbose: bool = False,
@@ -264,17 +255,11 @@ def explain_run(
             job,
             state,
             engine=engine,
-            separate_budget=separate_budget,
             node_config=node_config,
             grid_wrapper=grid_wrapper,
             verbose=verbose,
         )
-        fed["ledgers"] = (
-            f"fresh ledgers of budget eps {separate_budget:g} under "
-            f"{run_dir / 'explain-institutions'} (--separate-budget)"
-            if separate_budget is not None
-            else "the run's own ledgers (one budget per population)"
-        )
+        fed["ledgers"] = "the run's own ledgers (one budget per population)"
         result["federated"] = fed
     result["features"] = _table(result)
     atomic_write_json(run_dir / EXPLAIN_NAME, result)
@@ -342,7 +327,7 @@ def format_explanation(result: dict[str, Any], top: int = 10) -> str:
         if not fed["institutions_answered"] and fed["ledgers"].startswith("the run's own"):
             lines.append(
                 "no institution could pay for the explanation from the run's own ledgers; "
-                "in simulation, --separate-budget EPS gives it ledgers of its own"
+                "train with budget to spare (aidmp simulate --dp-noise-multiplier SIGMA)"
             )
     return "\n".join(lines)
 

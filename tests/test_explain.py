@@ -185,7 +185,7 @@ def test_an_encrypted_run_is_decrypted_by_the_researcher_and_not_sent_to_nodes(t
 
 def test_a_run_without_dp_has_no_budget_to_charge(tmp_path):
     result = aidmp("explain", "--run", str(_run_folder(tmp_path, dp=False)))
-    assert result.returncode == 2 and "--separate-budget" in result.stderr
+    assert result.returncode == 2 and "--central-only" in result.stderr
 
 
 def test_a_missing_run_folder_is_a_one_line_error(tmp_path):

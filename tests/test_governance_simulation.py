@@ -1,4 +1,6 @@
-"""Governance in a federation on Flower's real simulation engine, with made-up PII.
+"""Governance in a federation, with made-up PII, on the in-process engine
+(simulations/inprocess.py: the real ClientApp, every message through Flower's protobuf
+both ways; Ray itself is tested in tests/test_simulation.py).
 
 Institutions 0 and 1 hold invented names, e-mails, phones, SSN-shaped numbers and
 dates of birth (governance/scenarios.py); institution 2 has lost a column. Every
@@ -24,7 +26,6 @@ from aidmp.server.report import REPORT_NAME
 from aidmp.simulations.runner import bundled_policy
 from tests.recording import run_recorded
 
-pytestmark = pytest.mark.slow
 INSTITUTIONS = 3
 SCENARIO = "pii:0,1;dirty:1;broken:2"
 
@@ -38,7 +39,7 @@ def run(tmp_path_factory):
         governance_policy=str(bundled_policy("adult")), governance_scenario=SCENARIO,
         out_dir=str(out),
     )  # fmt: skip
-    cfg = run_recorded(cfg, INSTITUTIONS, received)
+    cfg = run_recorded(cfg, INSTITUTIONS, received, engine="inprocess")
     return cfg, out, received
 
 

@@ -42,67 +42,56 @@ def _simulate(out, *extra, engine="ray"):
     return result, json.loads((out / "summary.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def two_rounds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sim")
+def test_aidmp_simulate_on_ray_reports_learns_checkpoints_and_resumes(tmp_path):
+    """One `aidmp simulate` on Flower's Ray engine (its own process, as a researcher types
+    it), every check on its output; the resumes then run in process. One test, not one
+    per check over a shared fixture: pytest-xdist may tear a module's fixture down
+    between two of its tests, and this one costs a Ray start."""
+    out = tmp_path / "sim"
     result, summary = _simulate(out, "--rounds", "2")
-    return out, result, summary
 
-
-def test_summary_has_the_documented_schema(two_rounds):
-    out, result, summary = two_rounds
+    # The summary has its documented schema, and the console its per-round lines.
     assert set(summary) >= SUMMARY_KEYS
     assert (summary["task"], summary["institutions"], summary["rounds"]) == ("breast-cancer", 3, 2)
     assert (summary["partition"], summary["seed"]) == ("iid", 1)
     assert [r["round"] for r in summary["per_round"]] == [1, 2]
     assert (out / "metrics.png").stat().st_size > 10_000
-    assert "round   2/2" in result.stdout  # the per-round progress line
+    assert "round   2/2" in result.stdout
 
-
-def test_every_institution_trained_and_evaluated_each_round(two_rounds):
-    _, _, summary = two_rounds
+    # Every institution trained and evaluated each round.
     for rec in summary["per_round"]:
         assert rec["aggregated"] and rec["train_replies"] == 3 and rec["train_failures"] == []
         assert rec["eval_replies"] == 3
         assert 0 <= rec["federated_accuracy"] <= 1 and rec["central_accuracy"] is not None
 
-
-def test_the_federation_learns(two_rounds):
-    _, _, summary = two_rounds
-    # Majority class of the held-out split is 63%; a learned model does far better.
+    # The federation learns: the held-out split's majority class is 63%.
     assert summary["final"]["accuracy"] > 0.85
     assert summary["final"]["source"] == "central"
     assert summary["centralized_baseline"]["accuracy"] > 0.85
     losses = [r["central_loss"] for r in summary["per_round"]]
     assert losses[1] < losses[0]
 
-
-def test_checkpoint_holds_the_final_model(two_rounds):
-    out, _, summary = two_rounds
+    # The checkpoint holds the final model and the history.
     ckpt = load_checkpoint(out / "checkpoint.npz")
     assert ckpt.round == 2
     assert ckpt.meta["per_round"] == summary["per_round"]
     assert {k for k in ckpt.model} == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
-
-def test_resume_continues_from_the_checkpoint(two_rounds):
-    out, _, before = two_rounds
-    model_before = load_checkpoint(out / "checkpoint.npz").model
-    result, after = _simulate(out, "--rounds", "3", "--resume", engine="inprocess")
-    assert after["resumed_from_round"] == 2
-    assert [r["round"] for r in after["per_round"]] == [1, 2, 3]
-    assert after["per_round"][:2] == before["per_round"]  # history kept, not rerun
-    assert "round   1/3" not in result.stdout and "round   3/3" in result.stdout
-    model_after = load_checkpoint(out / "checkpoint.npz").model
-    assert any(not np.array_equal(model_before[k], model_after[k]) for k in model_before)
-
-
-def test_resume_with_another_task_is_refused(two_rounds, tmp_path):
-    out, _, _ = two_rounds
-    result = aidmp(
+    # A resume with another task is refused, and the folder is left as it was.
+    refused = aidmp(
         "simulate", "--task", "adult", "--partition", "iid", "--seed", "1",
         "--institutions", "3", "--rounds", "4", "--resume", "--out", str(out),
         "--engine", "inprocess",
     )  # fmt: skip
-    assert result.returncode == 2
-    assert "cannot resume" in result.stderr and "task='breast-cancer'" in result.stderr
+    assert refused.returncode == 2
+    assert "cannot resume" in refused.stderr and "task='breast-cancer'" in refused.stderr
+
+    # The resume continues from the checkpoint: history kept, not rerun.
+    model_before = ckpt.model
+    resumed, after = _simulate(out, "--rounds", "3", "--resume", engine="inprocess")
+    assert after["resumed_from_round"] == 2
+    assert [r["round"] for r in after["per_round"]] == [1, 2, 3]
+    assert after["per_round"][:2] == summary["per_round"]
+    assert "round   1/3" not in resumed.stdout and "round   3/3" in resumed.stdout
+    model_after = load_checkpoint(out / "checkpoint.npz").model
+    assert any(not np.array_equal(model_before[k], model_after[k]) for k in model_before)

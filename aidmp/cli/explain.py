@@ -41,13 +41,6 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3, help="random orders averaged (1-20)")
     p.add_argument("--seed", type=int, default=0, help="the permutations' and samples' seed")
     p.add_argument("--central-only", action="store_true", help="skip the federated explanation")
-    p.add_argument(
-        "--separate-budget",
-        type=float,
-        metavar="EPS",
-        help="simulation only: charge fresh ledgers of this budget (RUN/explain-institutions) "
-        "instead of the run's own, which a finished run may have spent",
-    )
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     p.add_argument(
         "--engine",
@@ -69,8 +62,6 @@ def _run_explain(args: argparse.Namespace) -> int:
         raise AidmpError("--bound must be positive")
     if not 1 <= args.repeats <= MAX_REPEATS:
         raise AidmpError(f"--repeats must be 1 to {MAX_REPEATS}, not {args.repeats}")
-    if args.separate_budget is not None and not args.separate_budget > 0:
-        raise AidmpError("--separate-budget must be positive")
     from aidmp.simulations.explain import (  # heavy imports: late
         EXPLAIN_NAME,
         EXPLAIN_PLOT,
@@ -86,7 +77,6 @@ def _run_explain(args: argparse.Namespace) -> int:
         seed=args.seed,
         federated=not args.central_only,
         engine=args.engine,
-        separate_budget=args.separate_budget,
         verbose=args.verbose,
     )
     print(format_explanation(result))
