@@ -15,10 +15,16 @@ def flower_task_identity():
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`): the tests that start a real engine (Ray,
-    `flwr run`, SuperLink and SuperNode processes) run on one worker, one at a time, so
-    that two Ray clusters or federations never compete for this machine's cores and
-    ports; every other module runs whole on one worker, so its fixtures are built once."""
+    """Under pytest-xdist (`--dist loadgroup`): the tests that start a real engine run one
+    at a time within two groups, the deployment (SuperLink and SuperNode processes, the
+    longest test) and the rest (Ray, `flwr run`, the wheel, Chromium), so that two Ray
+    clusters never compete, while the deployment runs beside the rest; every other module
+    runs whole on one worker, so its fixtures are built once."""
     for item in items:
-        group = "real-engines" if item.get_closest_marker("slow") else item.module.__name__
+        if not item.get_closest_marker("slow"):
+            group = item.module.__name__
+        elif item.module.__name__.endswith("test_deployment"):
+            group = "real-engines: SuperLink and SuperNode processes"  # minutes on its own
+        else:
+            group = "real-engines: Ray, flwr run, the wheel, Chromium"
         item.add_marker(pytest.mark.xdist_group(group))

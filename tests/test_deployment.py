@@ -347,9 +347,9 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         decryptions += len(decrypted)
     assert decryptions == 1  # one site decrypted the one sum
 
-    # A federated k-means job under HE (`aidmp run --cluster`): each round the sites
-    # release noisy per-cluster counts and sums as ciphertext, charged to their ledgers;
-    # a site decrypts each round's one sum for the coordinator.
+    # A federated k-means job under HE (`aidmp run --cluster`), its two shortest rounds
+    # (initialization, one Lloyd step): the sites release noisy per-cluster counts and
+    # sums as ciphertext, charged to their ledgers; a site decrypts each round's one sum.
     job = fed.tmp / "job.yaml"
     job.write_text("k: 3\nepsilon: 1.0\nrounds: 2\nfeatures: [age:17:90, hours-per-week:1:99]\n")
     clusters = fed.tmp / "clusters"
