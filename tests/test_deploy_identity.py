@@ -71,3 +71,35 @@ def test_a_run_with_no_superlink_says_how_to_resume(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode != 0 and "--resume" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "said"),
+    [("finished:completed", 0, ""), ("finished:failed", 1, "aidmp: run 42 failed: it broke")],
+)
+def test_aidmp_run_exits_by_how_the_run_ended_not_by_flwr_runs_exit(
+    status, code, said, tmp_path, monkeypatch, capsys
+):
+    """`flwr run --stream` exits 0 for a run whose ServerApp raised; `aidmp run` asks
+    the SuperLink (`flwr ls --run-id`) how the run ended. A stand-in `flwr` plays the
+    SuperLink's two answers (this is our own logic; the real one runs in
+    tests/test_deployment.py)."""
+    import json
+    import stat
+
+    import aidmp.flower_tools
+    from aidmp.cli.coordinator import _flwr_run
+
+    listing = {"runs": [{"run-id": "42", "status": status, "status-details": "it broke"}]}
+    fake = tmp_path / "flwr"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = run ]; then echo "Successfully started run 42"; echo "a log line"; '
+        f"else echo '{json.dumps(listing)}'; fi\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(aidmp.flower_tools, "flower_tool", lambda name: str(fake))
+    assert _flwr_run([str(fake), "run", ".", "conn", "--stream"], {}, "conn") == code
+    out, err = capsys.readouterr()
+    assert "a log line" in out  # Flower's output passes through
+    assert said in err

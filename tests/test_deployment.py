@@ -10,7 +10,6 @@ on one federation. The test prints its wall time.
 import contextlib
 import json
 import os
-import re
 import signal
 import ssl
 import subprocess
@@ -302,23 +301,13 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         assert ledger[-1]["run_id"] == rerun
     assert released_twice >= 1
 
-    # A job whose ServerApp fails (a value the run config cannot take): `flwr run` exits 0
-    # for it, `aidmp run` does not.
-    failed = fed.submit(f"task='adult' strategy='fedavgx' out-dir='{fed.tmp / 'bad'}'")
-    assert failed.wait(timeout=120) != 0
-    assert re.search(r"aidmp: run \d+ failed: ", fed.log("run")), fed.log("run")[-3000:]
-
     # A federated statistics query under HE (`aidmp run --analysis`): the coordinator adds
     # the sites' encrypted partials and, holding the public key only, asks a site that
-    # answered to decrypt the one sum. A fourth site, without a CKKS key, cannot answer
-    # an encrypted query (104) and is not charged.
-    fed.enroll("site-3")
-    fed.site(3, rows)
-    fed.start_site(3)
+    # answered to decrypt the one sum.
     stats = fed.tmp / "stats"
     query = ROOT / "simulations" / "queries" / "adult.yaml"
     asked = fed.submit(
-        f"out-dir='{stats}' min-nodes=1 min-available-nodes=4 he=true "
+        f"out-dir='{stats}' min-nodes=3 min-available-nodes=3 he=true "
         f"he-keys='{keys / 'coordinator.ckks'}'",
         "--analysis", str(query),
     )  # fmt: skip
@@ -327,11 +316,8 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     result = json.loads((stats / "analysis.json").read_text())
     assert result["he"] is True
     assert result["institutions"]["answered"] == ["site-0", "site-1", "site-2"]
-    (keyless,) = result["institutions"]["declined"]
-    assert (keyless["institution"], keyless["code"]) == ("site-3", 104)
+    assert result["institutions"]["declined"] == []
     assert result["statistics"]["rows"]["value"] > 0
-    untouched = fed.tmp / "site-3" / "state" / LEDGER_NAME
-    assert not untouched.exists() or json.loads(untouched.read_text())["body"]["entries"] == []
     decryptions = 0
     for i in range(3):
         state = fed.tmp / f"site-{i}" / "state"
@@ -354,7 +340,7 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     job.write_text("k: 3\nepsilon: 1.0\nrounds: 2\nfeatures: [age:17:90, hours-per-week:1:99]\n")
     clusters = fed.tmp / "clusters"
     clustered = fed.submit(
-        f"out-dir='{clusters}' min-nodes=1 min-available-nodes=4 he=true "
+        f"out-dir='{clusters}' min-nodes=3 min-available-nodes=3 he=true "
         f"he-keys='{keys / 'coordinator.ckks'}'",
         "--cluster", str(job),
     )  # fmt: skip
@@ -370,4 +356,3 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         entries = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
         assert [e["release_kind"] for e in entries[-2:]] == ["clustering", "clustering"]
         assert {e["job_id"] for e in entries[-2:]} == {found["job_id"]}
-    assert not untouched.exists() or json.loads(untouched.read_text())["body"]["entries"] == []
