@@ -125,8 +125,15 @@ class RunConfig(BaseModel):
         known = {f.alias or name for name, f in cls.model_fields.items()}
         unknown = sorted(set(run_config) - known)
         if unknown:
+            import difflib
+
+            guesses = [
+                f"{key} (did you mean {close[0]}?)" if close else key
+                for key in unknown
+                for close in [difflib.get_close_matches(key, known, n=1)]
+            ]
             raise AidmpError(
-                f"unknown run-config key(s) {', '.join(unknown)}; "
+                f"unknown run-config key(s) {', '.join(guesses)}; "
                 f"valid keys are: {', '.join(sorted(known))}"
             )
         try:

@@ -103,3 +103,25 @@ def test_aidmp_run_exits_by_how_the_run_ended_not_by_flwr_runs_exit(
     out, err = capsys.readouterr()
     assert "a log line" in out  # Flower's output passes through
     assert said in err
+
+
+@pytest.mark.parametrize(
+    ("run_config", "expected"),
+    [
+        ("num-round=3", "unknown run-config key(s) num-round (did you mean num-rounds?)"),
+        ("strategy='fedavgx'", "run-config 'strategy'"),
+        ("num-rounds=3 a=b=c", "give space-separated KEY=VALUE pairs"),
+    ],
+)
+def test_aidmp_run_checks_the_run_config_before_submitting(run_config, expected, tmp_path):
+    """A wrong key or value is named, with the fix, before anything reaches a SuperLink
+    (none listens here): exit 2, one line, no traceback."""
+    from tests.inprocess_cli import aidmp
+
+    done = aidmp("run", "--superlink", "127.0.0.1:9", "--insecure", "--flwr-home",
+                 str(tmp_path), "--run-config", run_config)  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aidmp: error: ") and expected in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "config.toml").exists()  # not even a connection was written

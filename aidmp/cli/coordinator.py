@@ -210,16 +210,40 @@ def _flwr_run(cmd: list[str], env: dict[str, str], connection: str) -> int:
     return 0
 
 
+def _check_run_config(run_config: str, job: str | None = None) -> None:
+    """Validate `--run-config` here, as the ServerApp will (over the same defaults as
+    pyproject's [tool.flwr.app.config]): an unknown key or a bad value is named, with
+    the fix, before a job is submitted, rather than as Flower's `Invalid run
+    configuration` or a ServerApp traceback. `job`: "analysis" or "clustering" when the
+    run carries a query or a k-means job instead of training (its text is checked on its
+    own)."""
+    from flwr.common.config import parse_config_args
+
+    from aidmp.config import RunConfig
+    from aidmp.errors import AidmpError
+
+    try:
+        pairs = parse_config_args([run_config.strip()]) if run_config.strip() else {}
+    except Exception as exc:  # Flower's parser (a click error): not KEY=VALUE pairs
+        raise AidmpError(
+            f"--run-config does not parse ({exc}); give space-separated KEY=VALUE pairs, "
+            "strings in quotes: \"num-rounds=3 strategy='fedavg'\""
+        ) from None
+    RunConfig.from_flower(pairs | ({job: "{}"} if job else {}))
+
+
 def _run_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aidmp.flower_tools import flower_tool
     from aidmp.server.superlink import default_flwr_home, flwr_env, write_connection
 
+    run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
+    job = "analysis" if args.analysis else "clustering" if args.cluster else None
+    _check_run_config(run_config, job)  # before anything is submitted: exit 2, no traceback
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
     cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
-    run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
     if args.analysis and args.cluster:
         from aidmp.errors import AidmpError
 
