@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import tenseal as ts
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from aidmp.analytics import CombineError, Query, QueryPlan, combine, plan_query, print_budget
@@ -39,7 +39,14 @@ from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import EncryptedSum
 from aidmp.server.federation import round_config_for
 from aidmp.server.key_holder import Decrypt, sites_decrypt
-from aidmp.server.rounds import _expiring, _failures, _silent, stream_replies
+from aidmp.server.rounds import (
+    _failures,
+    _silent,
+    ask_each,
+    connected_nodes,
+    figure,
+    replier_name,
+)
 
 log = getLogger("aidmp.server")
 
@@ -62,19 +69,6 @@ def plan_for(query: Query, cfg: RunConfig) -> QueryPlan:
     find the same σ."""
     policy = load_policy(Path(cfg.governance_policy))[0] if cfg.governance_policy else None
     return plan_query(query, policy)
-
-
-def _wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    nodes = list(grid.get_node_ids())
-    while len(nodes) < wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        nodes = list(grid.get_node_ids())
-    return nodes
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def run_analysis(
@@ -108,16 +102,9 @@ def run_analysis(
             ),
         }
     )
-    nodes = _wait_for_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
-    messages = _expiring(
-        [
-            Message(content=content.copy(), dst_node_id=node, message_type=MESSAGE_TYPE)
-            for node in nodes
-        ],
-        cfg.round_timeout,
-    )
+    nodes = connected_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
     started = time.monotonic()
-    replies = list(stream_replies(grid, messages, cfg.round_timeout))
+    messages, replies = ask_each(grid, nodes, content, MESSAGE_TYPE, cfg.round_timeout)
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     encrypted = EncryptedSum(public[0]) if public is not None else None
     names: dict[int, str] = {}
@@ -130,11 +117,7 @@ def run_analysis(
             continue
         records = reply.content.config_records
         node = records.get("node")
-        name = (
-            str(node["institution"])
-            if node is not None and "institution" in node
-            else (f"node-{reply.metadata.src_node_id}")
-        )
+        name = replier_name(reply)
         names[reply.metadata.src_node_id] = name
         try:
             if public is None:
@@ -152,7 +135,7 @@ def run_analysis(
             continue
         partials[name] = partial
         if node is not None:
-            charged[name] = {k: v for k in node if (v := _number(node[k])) is not None}
+            charged[name] = {k: v for k in node if (v := figure(node[k])) is not None}
             if isinstance(node.get("refused"), str):
                 refused[name] = str(node["refused"])
     failures = _failures(replies, sent_to, names) + _silent(

@@ -24,13 +24,12 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable
 from logging import getLogger
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from aidmp.analytics.clustering import (
@@ -50,8 +49,15 @@ from aidmp.errors import AidmpError, DeclineCode
 from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import EncryptedSum
 from aidmp.server.federation import round_config_for
-from aidmp.server.key_holder import sites_decrypt
-from aidmp.server.rounds import _expiring, _failures, _silent, stream_replies
+from aidmp.server.key_holder import Decrypt, sites_decrypt
+from aidmp.server.rounds import (
+    _failures,
+    _silent,
+    ask_each,
+    connected_nodes,
+    figure,
+    replier_name,
+)
 
 log = getLogger("aidmp.server")
 
@@ -61,21 +67,6 @@ MESSAGE_TYPE = "query.clustering"  # the ClientApp's @app.query("clustering")
 JOB_RECORD = "cluster"  # as client/clustering_handler.py reads it
 RELEASE_RECORD = "clustering"
 CLUSTERS_FORMAT = 1
-
-Decrypt = Callable[[list[bytes], int, int], np.ndarray]
-
-
-def _wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    nodes = list(grid.get_node_ids())
-    while len(nodes) < wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        nodes = list(grid.get_node_ids())
-    return nodes
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def describe_plan(plan: ClusterPlan) -> str:
@@ -124,7 +115,7 @@ def run_clustering(
     if not quiet:
         print(describe_plan(plan))
     job_id = run_id or uuid.uuid4().hex[:16]
-    nodes = _wait_for_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
+    nodes = connected_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
     names: dict[int, str] = {}
     first: dict[str, dict[str, float]] = {}
     last: dict[str, dict[str, float]] = {}
@@ -150,14 +141,7 @@ def run_clustering(
                 ),
             }
         )
-        messages = _expiring(
-            [
-                Message(content=content.copy(), dst_node_id=node, message_type=MESSAGE_TYPE)
-                for node in nodes
-            ],
-            cfg.round_timeout,
-        )
-        replies = list(stream_replies(grid, messages, cfg.round_timeout))
+        messages, replies = ask_each(grid, nodes, content, MESSAGE_TYPE, cfg.round_timeout)
         sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         answered: list[str] = []
         rejected: list[dict[str, object]] = []
@@ -166,11 +150,7 @@ def run_clustering(
                 continue
             records = reply.content.config_records
             node = records.get("node")
-            name = (
-                str(node["institution"])
-                if node is not None and "institution" in node
-                else f"node-{reply.metadata.src_node_id}"
-            )
+            name = replier_name(reply)
             names[reply.metadata.src_node_id] = name
             try:
                 _add(total, records[RELEASE_RECORD], name, job.digest())
@@ -181,7 +161,7 @@ def run_clustering(
                 continue
             answered.append(name)
             if node is not None:
-                figures = {key: v for key in node if (v := _number(node[key])) is not None}
+                figures = {key: v for key in node if (v := figure(node[key])) is not None}
                 first.setdefault(name, figures)
                 last[name] = figures
         failures = _failures(replies, sent_to, names) + _silent(

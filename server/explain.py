@@ -17,13 +17,12 @@ It returns the federated part of explain.json; the caller writes the file.
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from logging import getLogger
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from aidmp.analytics.explain import (
@@ -36,22 +35,20 @@ from aidmp.analytics.explain import (
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError, DeclineCode
 from aidmp.server.federation import round_config_for
-from aidmp.server.rounds import _expiring, _failures, _silent, stream_replies
+from aidmp.server.rounds import (
+    _failures,
+    _silent,
+    ask_each,
+    connected_nodes,
+    figure,
+    replier_name,
+)
 
 log = getLogger("aidmp.server")
 
 MESSAGE_TYPE = "query.explain"  # the ClientApp's @app.query("explain")
 JOB_RECORD = "explain"  # as client/explain_handler.py reads it
 RELEASE_RECORD = "explanation"
-
-
-def _wait_for_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    nodes = list(grid.get_node_ids())
-    while len(nodes) < wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
-        nodes = list(grid.get_node_ids())
-    return nodes
 
 
 def describe_plan(plan: ExplainPlan) -> str:
@@ -78,10 +75,6 @@ def _release(answer: ConfigRecord, plan: ExplainPlan) -> ExplainRelease:
     return ExplainRelease(float(count), sums)
 
 
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def run_explanation(
     grid: Grid,
     job: ExplainJob,
@@ -102,7 +95,7 @@ def run_explanation(
     if not quiet:
         print(describe_plan(plan))
     job_id = run_id or uuid.uuid4().hex[:16]
-    nodes = _wait_for_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
+    nodes = connected_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
     content = RecordDict(
         {
             "config": round_config_for(cfg, 1, job_id),
@@ -110,14 +103,7 @@ def run_explanation(
             "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in model.items()}),
         }
     )
-    messages = _expiring(
-        [
-            Message(content=content.copy(), dst_node_id=node, message_type=MESSAGE_TYPE)
-            for node in nodes
-        ],
-        cfg.round_timeout,
-    )
-    replies = list(stream_replies(grid, messages, cfg.round_timeout))
+    messages, replies = ask_each(grid, nodes, content, MESSAGE_TYPE, cfg.round_timeout)
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     names: dict[int, str] = {}
     releases: list[ExplainRelease] = []
@@ -128,11 +114,7 @@ def run_explanation(
             continue
         records = reply.content.config_records
         node = records.get("node")
-        name = (
-            str(node["institution"])
-            if node is not None and "institution" in node
-            else f"node-{reply.metadata.src_node_id}"
-        )
+        name = replier_name(reply)
         names[reply.metadata.src_node_id] = name
         try:
             releases.append(_release(records[RELEASE_RECORD], plan))
@@ -140,7 +122,7 @@ def run_explanation(
             reason = "rejected by the coordinator: no readable release"
             rejected.append({"institution": name, "code": DeclineCode.BAD_CONFIG, "reason": reason})
             continue
-        figures = {} if node is None else {k: _number(node[k]) for k in node}
+        figures = {} if node is None else {k: figure(node[k]) for k in node}
         by_institution[name] = {
             "epsilon_charged": figures.get("epsilon-round"),
             "epsilon_spent": figures.get("epsilon-spent"),

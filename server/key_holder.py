@@ -15,13 +15,13 @@ import logging
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
 from aidmp.server.federation import round_config_for
-from aidmp.server.rounds import _expiring, stream_replies
+from aidmp.server.rounds import ask_each
 
 log = logging.getLogger("aidmp")
 
@@ -57,11 +57,7 @@ def sites_decrypt(
             content = RecordDict(
                 {"config": round_config_for(cfg, 1, job_id), REQUEST_RECORD: record}
             )
-            asked = _expiring(
-                [Message(content=content, dst_node_id=node, message_type=MESSAGE_TYPE)],
-                cfg.round_timeout,
-            )
-            replies = list(stream_replies(grid, asked, cfg.round_timeout))
+            _, replies = ask_each(grid, [node], content, MESSAGE_TYPE, cfg.round_timeout)
             if not replies:
                 reasons.append(f"node {node}: no answer within {cfg.round_timeout:g}s")
                 continue

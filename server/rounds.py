@@ -264,10 +264,7 @@ def wait_for_nodes(grid: Grid, strategy: Strategy, timeout: float) -> None:
     """Wait until `min_available_nodes` are connected. Flower's FedAvg sizes its sample
     from the nodes connected *before* it waits for them, so a round that starts while a
     node is still connecting would leave that node out (FLOWER_NOTES' sampling quirk)."""
-    wanted = _setting(strategy, "min_available_nodes")
-    deadline = time.monotonic() + timeout
-    while len(list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
-        time.sleep(0.2)
+    connected_nodes(grid, _setting(strategy, "min_available_nodes"), timeout)
 
 
 def _expiring(messages: Iterable[Message], ttl: float) -> list[Message]:
@@ -280,6 +277,45 @@ def _expiring(messages: Iterable[Message], ttl: float) -> list[Message]:
     for m in out:
         m.metadata.ttl = ttl
     return out
+
+
+def connected_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
+    """The connected nodes, once `wanted` are connected or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+        nodes = list(grid.get_node_ids())
+    return nodes
+
+
+def ask_each(
+    grid: Grid, nodes: Iterable[int], content: RecordDict, message_type: str, timeout: float
+) -> tuple[list[Message], list[Message]]:
+    """One job's messages (a query, a k-means round, an explanation, a decryption): the
+    same content to each node, dropped by the SuperLink after `timeout`; the replies that
+    came within it."""
+    messages = _expiring(
+        [
+            Message(content=content.copy(), dst_node_id=node, message_type=message_type)
+            for node in nodes
+        ],
+        timeout,
+    )
+    return messages, list(stream_replies(grid, messages, timeout))
+
+
+def replier_name(reply: Message) -> str:
+    """How a reply's node names itself (its "node" record), or its node id."""
+    node = reply.content.config_records.get("node")
+    if node is not None and "institution" in node:
+        return str(node["institution"])
+    return f"node-{reply.metadata.src_node_id}"
+
+
+def figure(value: object) -> float | None:
+    """A node's reported number as a float (None: absent, not a number, or a bool)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 # A figure a node sends noisy (under DP, privacy/metrics.py) has its noise std beside it.
