@@ -44,7 +44,7 @@ from aidmp.config import RunConfig  # noqa: E402
 from aidmp.governance.policy import load_policy  # noqa: E402
 from aidmp.round_config import RoundConfig  # noqa: E402
 from aidmp.server.analysis import run_analysis  # noqa: E402
-from aidmp.server.federation import round_config_for  # noqa: E402
+from aidmp.server.round_settings import round_config_for  # noqa: E402
 from aidmp.simulations.inprocess import InProcessGrid  # noqa: E402
 from aidmp.simulations.runner import bundled_policy, prepare  # noqa: E402
 

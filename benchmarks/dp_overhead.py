@@ -25,8 +25,9 @@ import time
 import torch
 
 from aidmp.errors import PrivacyError
-from aidmp.privacy.dp import GRAD_SAMPLE_MODES, train_dp
+from aidmp.privacy.dp import train_dp
 from aidmp.privacy.noise import SecureRandom, SeededRandom
+from aidmp.privacy.policy import GRAD_SAMPLE_MODES
 from aidmp.tasks import get_task, load_dataset
 from aidmp.tasks.partition import institution_data
 

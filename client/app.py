@@ -1,59 +1,29 @@
 """The institution's Flower ClientApp (`[tool.flwr.app.components] clientapp`).
 
-Train: load local data (cached per process), take the global model, train
-locally (under DP-SGD, charging the node's own ledger, when its policy says so),
-reply with the new weights, the example count and the privacy spend. In an
-encrypted round the global model arrives as CKKS ciphertext, is decrypted here,
-and the update leaves only as ciphertext (privacy/he/node.py). Evaluate: score the
-global model on the node's own validation rows. A node that cannot take part
-declines with a Flower error reply (code >= 100) and a reason, never a crash.
+One handler per kind of message, each in its own module: train and evaluate
+(client/train_handler.py), a statistics query (client/analytics_handler.py), a k-means
+round (client/clustering_handler.py), an explanation (client/explain_handler.py), and
+the decryption of a sum under HE (client/decrypt_handler.py). A node that cannot take
+part declines with a Flower error reply (code >= 100) and a reason, never a crash.
+
+Each handler imports its module when its message arrives: in deployment every message
+starts a fresh `flwr-clientapp` process, so a query or a decryption should not pay for
+torch and Opacus, which only training needs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypedDict
 
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    ConfigRecordValues,
-    Context,
-    Message,
-    MetricRecord,
-    MetricRecordValues,
-    RecordDict,
-)
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from torch import nn
 
-from aidmp.client.analytics_handler import answer_query
 from aidmp.client.audit_trail import audit_mod
-from aidmp.client.clustering_handler import answer_clustering
-from aidmp.client.data import institution_name, ledger_key, local_data, node_state_dir
-from aidmp.client.decline import decline, decline_for, require_own_state_dir
-from aidmp.client.decrypt_handler import decrypt_sum
-from aidmp.client.explain_handler import answer_explanation
-from aidmp.client.governed import Governed, governed_data
+from aidmp.client.data import institution_name
+from aidmp.client.decline import decline, decline_for
 from aidmp.client.mods import client_dp_clipping_mod
-from aidmp.errors import AidmpError, DeclineCode, HeError, PrivacyError, RoundConfigError
-from aidmp.node_config import has_own_data, he_required
-from aidmp.privacy.he.node import HeRound
-from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
-from aidmp.privacy.metrics import NoisyMetrics
-from aidmp.privacy.node_round import (
-    PrivacySpend,
-    distributed_private_round,
-    release_private_metrics,
-    release_seed,
-    train_private_round,
-)
-from aidmp.privacy.policy import check_distributed, resolve_node_privacy
-from aidmp.round_config import RECORD_NAME, RoundConfig
-from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY
-from aidmp.tasks import Task, get_task
-from aidmp.tasks.base import LocalData
+from aidmp.errors import AidmpError, DeclineCode
 
 log = logging.getLogger("aidmp.client")
 
@@ -88,196 +58,24 @@ def _decline_on_error(handler: Callable[[Message, Context], Message]):
     return wrapped
 
 
-class Hyper(TypedDict):
-    """The round's training settings, as `Task.train` and `train_private_round` take them."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    seed: int | None
-    proximal_mu: float
-
-
-class ReleaseOf(TypedDict):
-    """What every release from private rows is charged under: the ledger it goes to, and
-    the run, round, job and message the ledger and the audit log record it by."""
-
-    dataset_id: str
-    run_id: str
-    server_round: int
-    num_rounds: int
-    job_id: str | None
-    message_id: str
-
-
-def _release_of(msg: Message, context: Context, config: RoundConfig) -> ReleaseOf:
-    return ReleaseOf(
-        dataset_id=ledger_key(context.node_config, config),
-        run_id=str(context.run_id),
-        server_round=config.server_round,
-        num_rounds=config.num_rounds,
-        job_id=config.job_id or None,
-        message_id=msg.metadata.message_id,
-    )
-
-
-def _round_seed(config: RoundConfig, context: Context) -> int:
-    # Distinct per run seed, round and node. Under DP at a node with its own data,
-    # `release_seed` replaces it with secret randomness (privacy/node_round.py).
-    node = int(context.node_config.get("partition-id", context.node_id))
-    return config.seed * 1_000_003 + config.server_round * 1_009 + node
-
-
-def _setup(
-    msg: Message, context: Context
-) -> tuple[RoundConfig, Task, LocalData, nn.Module, HeRound | None, Governed | None]:
-    """The round's config, its task, this node's data, the global model as received, and,
-    in an encrypted round, its decrypted state."""
-    config = RoundConfig.from_record(msg.content.config_records.get(RECORD_NAME))
-    require_own_state_dir(context.node_config, config.dp)  # DP: nothing leaves unaudited
-    task = get_task(config.task)
-    # Local governance first: it decides whether, and on which rows, this node trains.
-    state_dir = node_state_dir(context, config.state_root)
-    governed = governed_data(context.node_config, config, state_dir)
-    data = governed.data if governed is not None else local_data(context.node_config, config)
-    model = task.build_model()
-    he = None
-    if WIRE_KEY in msg.content.config_records:
-        he = HeRound.open(msg.content.config_records[WIRE_KEY], context.node_config, config)
-        he.load_into(model)
-    elif he_required(context.node_config):
-        raise HeError(
-            "this node requires encrypted rounds (it holds a CKKS key, or its node config "
-            "says he-required=true) and the coordinator sent the model in plaintext; "
-            "run with he=true"
-        )
-    else:
-        arrays = msg.content.array_records.get("arrays")
-        if arrays is None:
-            raise RoundConfigError(
-                "the message carries no global model (no 'arrays' record); "
-                "the coordinator and this node may run different versions"
-            )
-        model.load_state_dict(arrays.to_torch_state_dict())
-    return config, task, data, model, he, governed
-
-
 @app.train()
 @_decline_on_error
 def train(msg: Message, context: Context) -> Message:
-    config, task, data, model, he, governed = _setup(msg, context)
-    name = institution_name(context.node_config, context.node_id)
-    hyper = Hyper(
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        seed=_round_seed(config, context),
-        proximal_mu=config.proximal_mu,
-    )
-    node: dict[str, ConfigRecordValues] = {"institution": name}
-    privacy = resolve_node_privacy(context.node_config, config, name)
-    policy = privacy.policy
-    if privacy.refused:  # the run asked for settings this node does not take
-        node["refused"] = "; ".join(privacy.refused)
-    metrics: dict[str, MetricRecordValues] = {
-        "num-examples": len(data.y_train),
-        CLIENT_WEIGHT_KEY: 1,
-    }
-    share = None
-    if config.dp_mode == "distributed":  # one DP-SGD step over the pooled rows, shared out
-        if policy is None or he is None:
-            raise PrivacyError(
-                "dp-mode=distributed needs DP at this node and an encrypted round: its "
-                "update carries only a share of the noise (privacy/distributed.py)"
-            )
-        check_distributed(
-            policy, config.dp_min_contributions, own_data=has_own_data(context.node_config)
-        )
-        share, spend = distributed_private_round(
-            model,
-            data,
-            policy=policy,
-            sample_rate=float(config.dp_sample_rate or 0.0),
-            min_contributions=config.dp_min_contributions,
-            **_release_of(msg, context, config),
-            seed=release_seed(
-                _round_seed(config, context), own_data=has_own_data(context.node_config)
-            ),
-        )
-        node |= spend.as_record()
-    elif policy is None:
-        metrics["train-loss"] = task.train(model, data.x_train, data.y_train, **hyper)
-    else:
-        # Where a budget is charged: privacy/node_round.py, before and after DP-SGD.
-        hyper["seed"] = release_seed(
-            _round_seed(config, context), own_data=has_own_data(context.node_config)
-        )
-        # The training loss of private rows is a release of its own, and the update
-        # needs none: under DP it stays here (the node's log has it).
-        loss, spend = train_private_round(
-            model,
-            data,
-            policy=policy,
-            **_release_of(msg, context, config),
-            **hyper,
-        )
-        log.debug("[%s] round %d train-loss %.4f (kept here)", name, config.server_round, loss)
-        node |= spend.as_record()
-    reply = RecordDict({"metrics": MetricRecord(metrics), "node": ConfigRecord(node)})
-    if governed is not None:  # aggregates only, small counts withheld (governance/report.py)
-        reply["governance"] = ConfigRecord({k: v for k, v in governed.summary.items() if v != []})
-    if he is None:
-        reply["arrays"] = ArrayRecord(model.state_dict())
-    elif share is not None:  # noise share already in it; leaves only as ciphertext
-        reply[UPDATE_KEY] = he.encrypt_share(share.gradient_sum)
-    else:  # the update leaves the node only as ciphertext (noise already in it under DP)
-        reply[UPDATE_KEY] = he.encrypt_reply(
-            model,
-            weight=len(data.y_train),
-            momentum=config.he_momentum,
-            server_lr=config.he_server_lr,
-        )
-    return Message(reply, reply_to=msg)
+    """Local training (client/train_handler.py): governed rows, DP-SGD charged to the
+    ledger, the update back in plaintext or as ciphertext, or a decline."""
+    from aidmp.client.train_handler import train_round
 
-
-# The evaluation's noise is drawn apart from the same round's training noise.
-_EVALUATION_SEED_OFFSET = 500_000_003
+    return train_round(msg, context)
 
 
 @app.evaluate()
 @_decline_on_error
 def evaluate(msg: Message, context: Context) -> Message:
-    config, task, data, model, _, _ = _setup(msg, context)
-    name = institution_name(context.node_config, context.node_id)
-    policy = resolve_node_privacy(context.node_config, config, name).policy
-    metrics: dict[str, MetricRecordValues] = {"num-examples": len(data.y_val), CLIENT_WEIGHT_KEY: 1}
-    if policy is None:
-        loss, accuracy = task.evaluate(model, data.x_val, data.y_val)
-        metrics |= {"eval-loss": loss, "eval-accuracy": accuracy}
-        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
-    # Under DP the figures are releases from private rows: noised and charged to the
-    # ledger before they leave (privacy/node_round.py), or withheld, by the node's policy.
-    node: dict[str, ConfigRecordValues] = {"institution": name}
-    if policy.metrics == "withheld":
-        released: tuple[NoisyMetrics, PrivacySpend] | str = "the node's policy withholds them"
-    else:
-        seed = _round_seed(config, context) + _EVALUATION_SEED_OFFSET
-        released = release_private_metrics(
-            model,
-            data,
-            policy=policy,
-            **_release_of(msg, context, config),
-            seed=release_seed(seed, own_data=has_own_data(context.node_config)),
-        )
-    if isinstance(released, str):
-        log.info("[%s] round %d: evaluation figures withheld: %s", name,
-                 config.server_round, released)  # fmt: skip
-    else:
-        figures, spend = released
-        metrics |= figures.as_metrics()
-        node |= spend.as_record()
-    content = RecordDict({"metrics": MetricRecord(metrics), "node": ConfigRecord(node)})
-    return Message(content, reply_to=msg)
+    """The global model scored on this node's validation rows (client/train_handler.py):
+    exact figures, or under DP noised and charged, or withheld."""
+    from aidmp.client.train_handler import evaluate_round
+
+    return evaluate_round(msg, context)
 
 
 @app.query("analytics")
@@ -285,6 +83,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 def analytics(msg: Message, context: Context) -> Message:
     """A federated statistics query (client/analytics_handler.py): governed rows, noised
     partials charged to the ledger before the reply leaves, or a decline."""
+    from aidmp.client.analytics_handler import answer_query
+
     return answer_query(msg, context)
 
 
@@ -294,6 +94,8 @@ def decrypt(msg: Message, context: Context) -> Message:
     """Under HE, the sum of a query's (or k-means round's) encrypted partials, decrypted
     for the coordinator, which holds no secret key (client/decrypt_handler.py): only a sum
     holding this node's own charged release."""
+    from aidmp.client.decrypt_handler import decrypt_sum
+
     return decrypt_sum(msg, context)
 
 
@@ -303,6 +105,8 @@ def clustering(msg: Message, context: Context) -> Message:
     """One round of a federated k-means job (client/clustering_handler.py): governed
     rows, noisy per-cluster counts and sums charged to the ledger before the reply
     leaves, or a decline."""
+    from aidmp.client.clustering_handler import answer_clustering
+
     return answer_clustering(msg, context)
 
 
@@ -312,4 +116,6 @@ def explain(msg: Message, context: Context) -> Message:
     """Permutation importance of the global model on this node's validation rows
     (client/explain_handler.py): noisy bounded sums charged to the ledger before the reply
     leaves, or a decline."""
+    from aidmp.client.explain_handler import answer_explanation
+
     return answer_explanation(msg, context)

@@ -47,8 +47,8 @@ from aidmp.errors import DeclineCode, HeError, PrivacyError, RoundConfigError
 from aidmp.node_config import has_own_data, he_required, truthy
 from aidmp.privacy.clustering_release import encrypt_release, release_cluster_round
 from aidmp.privacy.he.node import node_keys
-from aidmp.privacy.node_round import release_seed
 from aidmp.privacy.policy import resolve_node_privacy
+from aidmp.privacy.release import release_seed
 from aidmp.round_config import RECORD_NAME, RoundConfig
 
 log = logging.getLogger("aidmp.client")

@@ -20,11 +20,13 @@ from aidmp.errors import AidmpError
 from aidmp.node_config import has_own_data
 from aidmp.round_config import RoundConfig
 from aidmp.tasks import load_dataset
-from aidmp.tasks.base import LocalData
+from aidmp.tasks.data import LocalData
 from aidmp.tasks.partition import institution_data
 
 
-@functools.lru_cache(maxsize=8)
+# Enough for every virtual institution one process serves: Flower's Ray engine runs a
+# few actors (one per CPU), each serving hundreds of institutions at 1,000.
+@functools.lru_cache(maxsize=2048)
 def simulated_institution(
     task: str, partition: str, seed: int, num_institutions: int, index: int
 ) -> LocalData:
@@ -52,7 +54,7 @@ def local_data(node_config: Mapping[str, UserConfigValue], config: RoundConfig) 
     )
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2048)
 def _fingerprint(task: str, data: LocalData) -> str:
     digest = hashlib.sha256(task.encode())
     for part in (data.x_train, data.y_train):

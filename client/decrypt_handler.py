@@ -31,8 +31,8 @@ from aidmp.client.decline import require_own_state_dir
 from aidmp.errors import DeclineCode, HeError, PrivacyError, RoundConfigError
 from aidmp.privacy.he.node import node_keys
 from aidmp.privacy.he.packing import decrypt_vector
-from aidmp.privacy.node_round import open_ledger
 from aidmp.privacy.policy import resolve_node_privacy
+from aidmp.privacy.release import open_ledger
 from aidmp.round_config import RECORD_NAME, RoundConfig
 
 log = logging.getLogger("aidmp.client")

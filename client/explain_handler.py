@@ -47,8 +47,8 @@ from aidmp.errors import DeclineCode, HeError, PrivacyError, RoundConfigError
 from aidmp.node_config import has_own_data, he_required
 from aidmp.privacy.analytics_release import noise_source
 from aidmp.privacy.explain_release import release_node_explanation
-from aidmp.privacy.node_round import release_seed
 from aidmp.privacy.policy import resolve_node_privacy
+from aidmp.privacy.release import release_seed
 from aidmp.round_config import RECORD_NAME, RoundConfig
 from aidmp.tasks import get_task
 

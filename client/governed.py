@@ -33,10 +33,12 @@ from aidmp.governance.scenarios import apply_scenario, parse_scenario
 from aidmp.node_config import has_own_data
 from aidmp.round_config import RoundConfig
 from aidmp.tasks import get_task, load_dataset
-from aidmp.tasks.base import LocalData
+from aidmp.tasks.data import LocalData
 from aidmp.tasks.partition import local_split, partition_indices
 
-CACHE_SIZE = 4
+# Results kept per process: a deployed node needs one; a Ray actor in a simulation serves
+# hundreds of virtual institutions (governed rows are small: an institution's share).
+CACHE_SIZE = 2048
 
 
 @dataclass(frozen=True)

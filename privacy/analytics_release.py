@@ -22,9 +22,9 @@ from aidmp.analytics import QueryPlan, local_partials
 from aidmp.analytics.mechanisms import NormalSource
 from aidmp.privacy.he.packing import encrypt_update
 from aidmp.privacy.ledger import BudgetExhausted, GaussianRelease, ledger_lock
-from aidmp.privacy.node_round import PrivacySpend, open_ledger
 from aidmp.privacy.noise import SecureRandom
 from aidmp.privacy.policy import DPPolicy
+from aidmp.privacy.release import PrivacySpend, open_ledger
 
 ANALYTICS = "analytics"  # the ledger's release kind of a query's partials
 

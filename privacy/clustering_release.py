@@ -24,8 +24,8 @@ from aidmp.analytics.clustering import ClusterPlan, Release, release_round
 from aidmp.privacy.analytics_release import noise_source
 from aidmp.privacy.he.packing import encrypt_update
 from aidmp.privacy.ledger import BudgetExhausted, GaussianRelease, PrivacyLedger, ledger_lock
-from aidmp.privacy.node_round import PrivacySpend, open_ledger
 from aidmp.privacy.policy import DPPolicy
+from aidmp.privacy.release import PrivacySpend, open_ledger
 
 CLUSTERING = "clustering"  # the ledger's release kind of a k-means round
 

@@ -37,24 +37,14 @@ from aidmp.privacy.ledger import (
     epsilon_of,
 )
 from aidmp.privacy.noise import RandomSource, random_source
+from aidmp.privacy.policy import DEFAULT_GRAD_SAMPLE_MODE, MAX_NOISE_MULTIPLIER
 from aidmp.privacy.proximal import ProximalPull
-
-# "linear" is our own clipping for Linear/ReLU stacks (privacy/fast_dp.py); "hooks"
-# and "functorch" are Opacus's. "auto" takes "linear" where the model allows it,
-# else "hooks", the faster of Opacus's two (benchmarks/dp_overhead.py). Opacus's
-# "ew" mode fails on the empty batches that Poisson sampling draws, and such a step
-# must still add noise and be counted, so it is not offered.
-GRAD_SAMPLE_MODES = ("auto", "linear", "hooks", "functorch")
-DEFAULT_GRAD_SAMPLE_MODE = "auto"
 
 # Torch's note on the full backward hooks that Opacus's hooks mode uses would print
 # every round.
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 # Planning stops when σ is this close to the smallest σ that fits the budget.
 PLAN_TOLERANCE = 1e-3
-# Any leftover budget "fits" if σ may grow without bound, but updates drowned in that
-# much noise are useless: past this σ the node declines as out of budget instead.
-MAX_NOISE_MULTIPLIER = 10.0
 # Planning looks no lower than this σ: a budget that fits it is spent only in part.
 MIN_NOISE_MULTIPLIER = 0.1
 # Secant steps before planning falls back to bisection (it typically needs 3 or 4).

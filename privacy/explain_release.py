@@ -20,8 +20,8 @@ from torch import nn
 from aidmp.analytics.explain import ExplainPlan, ExplainRelease, release_explanation
 from aidmp.analytics.mechanisms import NormalSource
 from aidmp.privacy.ledger import BudgetExhausted, GaussianRelease, PrivacyLedger, ledger_lock
-from aidmp.privacy.node_round import PrivacySpend, open_ledger
 from aidmp.privacy.policy import DPPolicy
+from aidmp.privacy.release import PrivacySpend, open_ledger
 
 EXPLANATION = "explanation"  # the ledger's release kind of an explanation
 

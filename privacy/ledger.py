@@ -35,15 +35,18 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import dp_accounting
 import numpy as np
-from dp_accounting.pld import privacy_loss_distribution as pld
 from scipy.special import log_ndtr, ndtr
 
 from aidmp.atomic import atomic_write_json
 from aidmp.errors import DeclineCode, PrivacyError
+
+if TYPE_CHECKING:  # imported where used: a node that only reads its ledger (to decrypt a
+    # sum, to show it) need not load dp_accounting, a good part of a process's start-up
+    import dp_accounting
+    from dp_accounting.pld import privacy_loss_distribution as pld
 
 Accountant = Literal["pld", "rdp", "prv"]
 ACCOUNTANTS: tuple[Accountant, ...] = ("pld", "rdp", "prv")
@@ -247,6 +250,8 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
 def _pld_of(charge: Charge, discretization: float) -> pld.PrivacyLossDistribution:
     # As dp_accounting's PLDAccountant composes PoissonSampledDpEvent(q, GaussianDpEvent(σ))
     # self-composed `steps` times (add-or-remove-one neighbours).
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
     return pld.from_gaussian_mechanism(
         standard_deviation=charge.noise_multiplier,
         sampling_prob=charge.sample_rate,
@@ -265,6 +270,8 @@ def pld_of(events: Sequence[Event], discretization: float) -> pld.PrivacyLossDis
 
 def dp_event_of(events: list[Event]) -> dp_accounting.DpEvent:
     """The events as one `dp_accounting` event, for any of its accountants."""
+    import dp_accounting
+
     return dp_accounting.ComposedDpEvent(
         [
             dp_accounting.SelfComposedDpEvent(

@@ -50,13 +50,13 @@ from aidmp.privacy.ledger import (
     epsilon_of,
 )
 from aidmp.privacy.noise import RandomSource
+from aidmp.privacy.policy import DEFAULT_SHARE
 
 # The public bound on one row's loss. Cross-entropy above 10 means the model gave the
 # true class a probability under e⁻¹⁰, which a trained (let alone DP-trained) model
 # rarely does, so the clipped mean is the mean; the bound costs noise in proportion.
 LOSS_BOUND = 10.0
 STATISTICS = 2  # per evaluation: the correct count and the clipped loss sum
-DEFAULT_SHARE = 0.1
 # Metric noise multipliers searched: from tiny (a huge budget) to figures that are all
 # noise (a nearly spent one; the planner then says so rather than release them).
 MIN_METRICS_SIGMA = 0.01

@@ -20,14 +20,16 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 KEY_BYTES = 32  # ChaCha20's key: 256 bits from the operating system's CSPRNG
 _HALF_RANGE = float(2**53)
+
+if TYPE_CHECKING:  # imported where a tensor is made: a coordinator that only reads
+    import torch  # a query's skeleton (privacy/analytics_release.py) loads none
 
 
 class RandomSource(Protocol):
@@ -50,12 +52,18 @@ class SeededRandom:
     secure = False
 
     def __init__(self, seed: int) -> None:
+        import torch
+
         self.generator = torch.Generator().manual_seed(seed)
 
     def uniform(self, n: int) -> torch.Tensor:
+        import torch
+
         return torch.rand(n, generator=self.generator)
 
     def normal_like(self, tensors: Sequence[torch.Tensor], std: float) -> list[torch.Tensor]:
+        import torch
+
         return [
             torch.normal(0.0, std, t.shape, generator=self.generator, dtype=t.dtype)
             for t in tensors
@@ -85,6 +93,8 @@ class SecureRandom:
 
     def uniform(self, n: int) -> torch.Tensor:
         """k / 2⁵³ for a uniform 53-bit k: every double of that grid in [0, 1) equally likely."""
+        import torch
+
         return torch.from_numpy(self._bits53(n) / _HALF_RANGE)
 
     def _erfinv_of_symmetric_uniform(self, n: int) -> torch.Tensor:
@@ -94,6 +104,8 @@ class SecureRandom:
         u = self._bits53(n)
         u *= 2.0**-52
         u += 2.0**-53 - 1.0
+        import torch
+
         return torch.from_numpy(u).erfinv_()
 
     def standard_normal(self, n: int) -> torch.Tensor:

@@ -26,9 +26,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aidmp.errors import PrivacyError, describe_validation_error
 from aidmp.node_config import has_own_data, truthy
-from aidmp.privacy.dp import DEFAULT_GRAD_SAMPLE_MODE, GRAD_SAMPLE_MODES, MAX_NOISE_MULTIPLIER
-from aidmp.privacy.metrics import DEFAULT_SHARE
 from aidmp.round_config import RoundConfig
+
+# Defined here, not beside DP-SGD (privacy/dp.py), so that reading a node's policy loads
+# no torch or Opacus: a node process that answers a query or decrypts a sum needs neither.
+#
+# "linear" is our own clipping for Linear/ReLU stacks (privacy/fast_dp.py); "hooks"
+# and "functorch" are Opacus's. "auto" takes "linear" where the model allows it,
+# else "hooks", the faster of Opacus's two (benchmarks/dp_overhead.py). Opacus's
+# "ew" mode fails on the empty batches that Poisson sampling draws, and such a step
+# must still add noise and be counted, so it is not offered.
+GRAD_SAMPLE_MODES = ("auto", "linear", "hooks", "functorch")
+DEFAULT_GRAD_SAMPLE_MODE = "auto"
+# Any leftover budget "fits" if σ may grow without bound, but updates drowned in that
+# much noise are useless: past this σ the node declines as out of budget instead.
+MAX_NOISE_MULTIPLIER = 10.0
+# The share of the budget a run's noised evaluation figures may cost on their own
+# (privacy/metrics.py).
+DEFAULT_SHARE = 0.1
 
 log = logging.getLogger("aidmp.privacy")
 

@@ -37,8 +37,8 @@ from aidmp.governance.policy import load_policy
 from aidmp.privacy.analytics_release import fill_skeletons
 from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import EncryptedSum
-from aidmp.server.federation import round_config_for
 from aidmp.server.key_holder import Decrypt, sites_decrypt
+from aidmp.server.round_settings import round_config_for
 from aidmp.server.rounds import (
     _failures,
     _silent,

@@ -13,12 +13,7 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from aidmp.analytics import parse_query
-from aidmp.analytics.clustering import parse_job
 from aidmp.config import RunConfig
-from aidmp.server.analysis import run_analysis
-from aidmp.server.clustering import run_clustering
-from aidmp.server.federation import run_federation
 
 app = ServerApp()
 
@@ -34,11 +29,21 @@ def main(grid: Grid, context: Context) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     cfg = RunConfig.from_flower(context.run_config)
+    # Each kind of job imports its own module: one started by `aidmp run --analysis`
+    # should not wait for torch and the training strategies.
     if cfg.analysis:
+        from aidmp.analytics import parse_query
+        from aidmp.server.analysis import run_analysis
+
         query = parse_query(cfg.analysis, source="run-config analysis")
         run_analysis(grid, query, cfg, run_id=str(context.run_id))
         return
     if cfg.clustering:
+        from aidmp.analytics.clustering import parse_job
+        from aidmp.server.clustering import run_clustering
+
         run_clustering(grid, parse_job(cfg.clustering), cfg, run_id=str(context.run_id))
         return
+    from aidmp.server.federation import run_federation
+
     run_federation(grid, cfg, run_id=str(context.run_id))

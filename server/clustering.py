@@ -48,8 +48,8 @@ from aidmp.config import RunConfig
 from aidmp.errors import AidmpError, DeclineCode
 from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import EncryptedSum
-from aidmp.server.federation import round_config_for
 from aidmp.server.key_holder import Decrypt, sites_decrypt
+from aidmp.server.round_settings import round_config_for
 from aidmp.server.rounds import (
     _failures,
     _silent,

@@ -34,7 +34,7 @@ from aidmp.analytics.explain import (
 )
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError, DeclineCode
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.server.rounds import (
     _failures,
     _silent,

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.server.rounds import ask_each
 
 log = logging.getLogger("aidmp")

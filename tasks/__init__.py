@@ -3,8 +3,9 @@
 `partition` splits a task's rows: between simulated institutions, and into a node's
 own train and validation parts.
 
-Importing this package is cheap: torch comes with `base` (and `Dataset`, `Task`), on
-first use, so the command line can check a task's name before loading torch.
+Importing this package is cheap: torch comes with `base` (and `Task`), on first use,
+so the command line can check a task's name before loading torch. `data` holds the
+rows (`Dataset`, `LocalData`) and loads no torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aidmp.errors import AidmpError
 
 if TYPE_CHECKING:
-    from aidmp.tasks.base import Dataset, Task
+    from aidmp.tasks.base import Task
+    from aidmp.tasks.data import Dataset
 
 # name -> module; modules are imported lazily so a missing optional dataset
 # package only matters for the task that needs it.
@@ -48,10 +50,14 @@ def load_dataset(name: str) -> Dataset:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Dataset", "Task"):
-        from aidmp.tasks import base
+    if name == "Dataset":
+        from aidmp.tasks.data import Dataset
 
-        return getattr(base, name)
+        return Dataset
+    if name == "Task":
+        from aidmp.tasks.base import Task
+
+        return Task
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

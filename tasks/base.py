@@ -15,23 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Dataset:
-    """Features already encoded for the model, and a held-out test split.
-
-    No institution ever trains on `x_test`/`y_test`: partitioning only splits the
-    training part.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    def __post_init__(self) -> None:
-        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
-            raise ValueError("features and labels differ in length")
+from aidmp.tasks.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -141,13 +125,3 @@ def evaluate_classifier(
         loss += float(criterion(logits, target))
         correct += int((logits.argmax(dim=1) == target).sum())
     return loss / len(xs), correct / len(xs)
-
-
-@dataclass(frozen=True, eq=False)  # hashed by identity: it is cached per process
-class LocalData:
-    """One institution's rows: what it trains on and what it validates on."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray

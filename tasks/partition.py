@@ -15,6 +15,8 @@ train and validation (`local_split`).
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -23,12 +25,17 @@ import numpy as np
 from aidmp.errors import AidmpError
 
 if TYPE_CHECKING:  # base loads torch; checking a spec (the command line) should not
-    from aidmp.tasks.base import Dataset, LocalData
+    from aidmp.tasks.data import Dataset, LocalData
 
 MIN_ROWS = 2
 # Label-skew draws can leave an institution with too few rows; we redraw (seeded)
 # this many times before telling the user to relax the spec.
 MAX_DIRICHLET_DRAWS = 200
+# Splits kept per process: a Ray actor serving hundreds of virtual institutions would
+# otherwise redraw the whole split for every message (O(N) work per message, O(N²) per
+# round at N institutions).
+SPLIT_CACHE_SIZE = 4
+_splits: OrderedDict[tuple[str, int, str, int], list[np.ndarray]] = OrderedDict()
 SPEC_HELP = "use iid, dirichlet:ALPHA or quantity:ALPHA with ALPHA > 0, e.g. dirichlet:0.5"
 
 
@@ -63,8 +70,26 @@ def parse_partition(spec: str) -> PartitionSpec:
 def partition_indices(
     labels: np.ndarray, num_institutions: int, spec: PartitionSpec | str, seed: int
 ) -> list[np.ndarray]:
-    """Row indices (sorted) for each institution."""
+    """Row indices (sorted) for each institution; the arrays are read-only, and the same
+    ones are returned for the same labels, spec and seed (computed once per process)."""
     spec = parse_partition(spec) if isinstance(spec, str) else spec
+    key = (hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest(),
+           num_institutions, str(spec), seed)  # fmt: skip
+    if key in _splits:
+        _splits.move_to_end(key)
+        return _splits[key]
+    parts = _split(labels, num_institutions, spec, seed)
+    for part in parts:
+        part.setflags(write=False)
+    _splits[key] = parts
+    while len(_splits) > SPLIT_CACHE_SIZE:
+        _splits.popitem(last=False)
+    return parts
+
+
+def _split(
+    labels: np.ndarray, num_institutions: int, spec: PartitionSpec, seed: int
+) -> list[np.ndarray]:
     n_rows = len(labels)
     if num_institutions < 1:
         raise AidmpError("the number of institutions must be at least 1")
@@ -122,7 +147,7 @@ def institution_data(
     dataset: Dataset, num_institutions: int, spec: PartitionSpec | str, seed: int, index: int
 ) -> LocalData:
     """The simulated institution `index`'s rows, split into local train and validation."""
-    from aidmp.tasks.base import LocalData
+    from aidmp.tasks.data import LocalData
 
     if not 0 <= index < num_institutions:
         raise AidmpError(f"institution index {index} is outside 0..{num_institutions - 1}")

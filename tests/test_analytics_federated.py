@@ -382,7 +382,7 @@ def test_a_deployed_coordinator_has_a_site_decrypt_the_sum_and_a_site_decrypts_n
     from flwr.app import ConfigRecord, RecordDict
 
     from aidmp.privacy.he.keys import simulation_keys
-    from aidmp.server.federation import round_config_for
+    from aidmp.server.round_settings import round_config_for
 
     keys = tmp_path / "keys"
     simulation_keys(keys)

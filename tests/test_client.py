@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from aidmp.client.app import evaluate, train
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.tasks import get_task
 
 

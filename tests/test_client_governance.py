@@ -19,7 +19,7 @@ from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode
 from aidmp.governance.scenarios import made_up_pii
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.simulations.runner import bundled_policy
 from aidmp.tasks import get_task
 
@@ -146,7 +146,7 @@ def test_each_release_draws_secret_noise_and_is_charged_once(site):
 
 
 def test_a_simulated_node_keeps_the_run_seed_so_a_run_repeats():
-    from aidmp.privacy.node_round import release_seed
+    from aidmp.privacy.release import release_seed
 
     assert release_seed(1234, own_data=False) == 1234
     assert release_seed(1234, own_data=True) is None  # no seed: the CSPRNG, keyed afresh

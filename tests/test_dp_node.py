@@ -14,7 +14,7 @@ from aidmp.privacy.dp import train_dp
 from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
 from aidmp.privacy.policy import resolve_dp_policy
 from aidmp.round_config import RoundConfig
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.simulations.membership import attack_metrics
 from aidmp.tasks import get_task
 
@@ -170,7 +170,7 @@ def test_two_releases_training_at_once_are_both_charged(tmp_path, monkeypatch):
 
     monkeypatch.setattr(node_round, "open_ledger", open_then_wait)
     data = get_task("breast-cancer").load()
-    from aidmp.tasks.base import LocalData
+    from aidmp.tasks.data import LocalData
 
     local = LocalData(data.x_train[:200], data.y_train[:200], data.x_test, data.y_test)
     policy = DPPolicy.model_validate(

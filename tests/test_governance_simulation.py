@@ -21,8 +21,8 @@ from aidmp.errors import DeclineCode
 from aidmp.governance.policy import load_policy
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
 from aidmp.round_config import RoundConfig
-from aidmp.server.federation import round_config_for
 from aidmp.server.report import REPORT_NAME
+from aidmp.server.round_settings import round_config_for
 from aidmp.simulations.runner import bundled_policy
 from tests.recording import run_recorded
 

@@ -24,7 +24,7 @@ from aidmp.privacy.he.keys import (
     load_context,
 )
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY, EncryptedGlobal, flatten_state
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.strategies import build_strategy
 from aidmp.strategies.encrypted import EncryptedFedAvg
 from aidmp.tasks import get_task

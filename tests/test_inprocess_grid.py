@@ -11,6 +11,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
 import aidmp.client.app
+import aidmp.client.train_handler
 from aidmp.config import RunConfig
 from aidmp.errors import AidmpError, DeclineCode
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
@@ -130,7 +131,7 @@ def test_a_broken_clientapp_breaks_the_federation(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("broken on purpose")
 
-    monkeypatch.setattr(aidmp.client.app, "local_data", broken)
+    monkeypatch.setattr(aidmp.client.train_handler, "local_data", broken)
     cfg = prepare(RunConfig(task="breast-cancer", partition="iid", num_rounds=1, dp=False,
                             central_eval=False, out_dir=str(tmp_path)), 3)  # fmt: skip
     grid = InProcessGrid(3)

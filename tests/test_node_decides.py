@@ -20,7 +20,7 @@ from aidmp.privacy.he.keys import key_ceremony
 from aidmp.privacy.he.state import UPDATE_KEY
 from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
 from aidmp.round_config import RECORD_NAME
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.simulations.runner import bundled_policy
 from aidmp.strategies import build_strategy
 from aidmp.tasks import get_task

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from aidmp.errors import AidmpError
-from aidmp.tasks.base import Dataset
+from aidmp.tasks.data import Dataset
 from aidmp.tasks.partition import (
     MIN_ROWS,
     institution_data,

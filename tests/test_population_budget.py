@@ -25,7 +25,7 @@ from aidmp.privacy.ledger import (
     reset_ledger,
 )
 from aidmp.round_config import RoundConfig
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.simulations.runner import bundled_policy
 from aidmp.tasks import get_task
 
@@ -170,7 +170,7 @@ def test_a_reset_during_a_charge_is_never_undone_by_it(tmp_path, monkeypatch):
     the reset. With it, the reset waits: the charge lands in the ledger it sets aside."""
     import aidmp.privacy.node_round as node_round
     from aidmp.privacy.policy import DPPolicy
-    from aidmp.tasks.base import LocalData
+    from aidmp.tasks.data import LocalData
 
     _old = PrivacyLedger.open(tmp_path, dataset="d" * 64, budget_epsilon=20.0, delta=1e-5)
     _old.charge(Charge(1.5, 0.1, 10), run_id="earlier", round=1)

@@ -338,8 +338,8 @@ def test_a_format_1_ledger_loads_verifies_and_is_written_as_format_2(tmp_path):
 
 
 def test_a_node_moves_an_rdp_ledger_to_pld_and_the_ledger_records_it(tmp_path):
-    from aidmp.privacy.node_round import open_ledger
     from aidmp.privacy.policy import DPPolicy
+    from aidmp.privacy.release import open_ledger
 
     path = _format_1_ledger(tmp_path, HISTORY)
     rdp = PrivacyLedger.load(path).spent()
@@ -381,8 +381,8 @@ def test_planning_reaches_the_budget_under_each_accountant(accountant):
 
 
 def test_ledger_show_names_other_mechanisms_and_accountant_changes(tmp_path):
-    from aidmp.privacy.node_round import open_ledger
     from aidmp.privacy.policy import DPPolicy
+    from aidmp.privacy.release import open_ledger
 
     _format_1_ledger(tmp_path, HISTORY)
     ledger = open_ledger(

@@ -6,7 +6,7 @@ from flwr.app import ConfigRecord
 from aidmp.config import RunConfig
 from aidmp.errors import DeclineCode, RoundConfigError
 from aidmp.round_config import RoundConfig
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 
 # Deployed nodes of other versions read these keys: they never change.
 WIRE_KEYS = [

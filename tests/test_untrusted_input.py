@@ -24,7 +24,7 @@ from aidmp.governance.pipeline import govern
 from aidmp.governance.policy import GovernanceError, Policy, load_policy
 from aidmp.governance.report import coordinator_summary, local_report, render_html
 from aidmp.governance.scenarios import made_up_pii
-from aidmp.server.federation import round_config_for
+from aidmp.server.round_settings import round_config_for
 from aidmp.simulations.runner import bundled_policy
 from aidmp.tasks import get_task
 
@@ -182,14 +182,14 @@ def test_a_node_reason_for_a_governance_failure_is_a_fixed_description_and_a_cod
 
 
 def test_a_decline_names_no_local_path(site, tmp_path, monkeypatch):
-    from aidmp.client import app as app_module
+    from aidmp.client import train_handler
 
     state = tmp_path / "state"
 
     def refuse(*args, **kwargs):
         raise PrivacyError(f"ledger {state}/ledger-x.json is unreadable; see /etc/aidmp/x.yaml")
 
-    monkeypatch.setattr(app_module, "governed_data", refuse)
+    monkeypatch.setattr(train_handler, "governed_data", refuse)
     node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
             "state-dir": str(state), "name": "site-a"}  # fmt: skip
     reply = _send(node)

@@ -14,10 +14,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tenseal as ts
-import torch
 from flwr.app import ConfigRecord
 
 from aidmp.errors import HeError
@@ -26,6 +26,9 @@ from aidmp.privacy.he.keys import fingerprint, key_file_for, load_context
 from aidmp.privacy.he.packing import check_range, encrypt_update
 from aidmp.privacy.he.state import EncryptedGlobal, flatten_state, unflatten_state
 from aidmp.round_config import RoundConfig
+
+if TYPE_CHECKING:  # only for the model a training round loads and encrypts
+    import torch
 
 KEYS_CONFIG = "he-keys"
 

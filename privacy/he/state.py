@@ -12,14 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tenseal as ts
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues
 
 from aidmp.errors import HeError
 from aidmp.privacy.he.packing import decrypt_vector
+
+if TYPE_CHECKING:  # torch is imported where a model is touched: a node that decrypts a
+    import torch  # sum loads none
 
 WIRE_KEY = "he"  # RecordDict key of the encrypted global state, coordinator -> node
 UPDATE_KEY = "he-update"  # RecordDict key of a node's encrypted update, node -> coordinator
@@ -37,6 +40,8 @@ def unflatten_state(
     vector: np.ndarray, template: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """The inverse of `flatten_state`, shaped and typed like `template`."""
+    import torch
+
     out, offset = {}, 0
     for key, tensor in template.items():
         n = tensor.numel()
