@@ -16,7 +16,8 @@ from pathlib import Path
 
 from aidmp.errors import AidmpError
 from aidmp.flower_tools import flower_tool
-from aidmp.governance.policy import load_policy
+from aidmp.governance.load import load_table
+from aidmp.governance.policy import GovernanceError, load_policy
 from aidmp.privacy.audit import AUDIT_NAME
 from aidmp.privacy.he.keys import load_context
 
@@ -56,6 +57,26 @@ def _check_state_dir(state_dir: Path | None, dp_epsilon: float | None) -> Path:
     return state_dir
 
 
+def _check_columns(data: Path, policy_file: Path) -> None:
+    """Refuse to start on a data file that lacks a column its policy requires: every
+    round would decline for it, and only the coordinator would see why. Read with the
+    policy's own encoding and delimiter, as governance reads it each round."""
+    policy, _ = load_policy(policy_file)  # a broken policy is named with its line, now
+    try:
+        frame = load_table(data, encoding=policy.encoding, delimiter=policy.delimiter)
+    except GovernanceError as exc:
+        raise AidmpError(f"{exc}; fix the file before starting the node") from None
+    present = {str(c).strip() for c in frame.columns}
+    missing = [c for c in policy.columns if c not in present]
+    if missing:
+        raise AidmpError(
+            f"{data} has no column {', '.join(repr(c) for c in missing)}, which "
+            f"{policy_file} requires; every round would decline. Export the column, or "
+            f"remove it from the policy (`aidmp govern check {data} --policy {policy_file}` "
+            "shows the whole check)"
+        )
+
+
 def node_config(
     *,
     data: Path,
@@ -78,7 +99,7 @@ def node_config(
         raise AidmpError("--dataset-id is empty; name the data source, or leave it out")
     if not data.is_file():
         raise AidmpError(f"no data file at {data}")
-    load_policy(policy)  # a broken policy is named with its line, now
+    _check_columns(data, policy)
     if keys is not None:
         load_context(keys, "institution")  # a public-only or loose key file is refused
     state_dir = _check_state_dir(state_dir, dp_epsilon)

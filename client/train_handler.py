@@ -11,7 +11,7 @@ validation rows. client/app.py turns any error into a decline.
 from __future__ import annotations
 
 import logging
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from flwr.app import (
     ArrayRecord,
@@ -32,18 +32,15 @@ from aidmp.errors import HeError, PrivacyError, RoundConfigError
 from aidmp.node_config import has_own_data, he_required
 from aidmp.privacy.he.node import HeRound
 from aidmp.privacy.he.state import UPDATE_KEY, WIRE_KEY
-from aidmp.privacy.metrics import NoisyMetrics
-from aidmp.privacy.node_round import (
-    distributed_private_round,
-    release_private_metrics,
-    train_private_round,
-)
 from aidmp.privacy.policy import check_distributed, resolve_node_privacy
 from aidmp.privacy.release import PrivacySpend, release_seed
 from aidmp.round_config import RECORD_NAME, RoundConfig
 from aidmp.strategies.client_dp import CLIENT_WEIGHT_KEY
 from aidmp.tasks import Task, get_task
 from aidmp.tasks.data import LocalData
+
+if TYPE_CHECKING:  # DP-SGD (Opacus, the accountants) is imported by a round that uses it
+    from aidmp.privacy.metrics import NoisyMetrics
 
 log = logging.getLogger("aidmp.client")
 
@@ -152,6 +149,8 @@ def train_round(msg: Message, context: Context) -> Message:
         check_distributed(
             policy, config.dp_min_contributions, own_data=has_own_data(context.node_config)
         )
+        from aidmp.privacy.node_round import distributed_private_round
+
         share, spend = distributed_private_round(
             model,
             data,
@@ -173,6 +172,8 @@ def train_round(msg: Message, context: Context) -> Message:
         )
         # The training loss of private rows is a release of its own, and the update
         # needs none: under DP it stays here (the node's log has it).
+        from aidmp.privacy.node_round import train_private_round
+
         loss, spend = train_private_round(
             model,
             data,
@@ -220,6 +221,8 @@ def evaluate_round(msg: Message, context: Context) -> Message:
         released: tuple[NoisyMetrics, PrivacySpend] | str = "the node's policy withholds them"
     else:
         seed = _round_seed(config, context) + _EVALUATION_SEED_OFFSET
+        from aidmp.privacy.node_round import release_private_metrics
+
         released = release_private_metrics(
             model,
             data,

@@ -139,15 +139,23 @@ def _check_governance(cfg: RunConfig) -> None:
 
 
 def _backend_config(institutions: int, verbose: bool) -> dict[str, Any]:
-    cpus = os.cpu_count() or 1
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": min(cpus, institutions),
-            "include_dashboard": False,
-            "log_to_driver": verbose,  # actors' shutdown chatter otherwise
-        },
+    """One Ray actor per CPU, each serving many virtual institutions in turn.
+
+    On this machine: a private Ray instance with as many CPUs as there are (no more than
+    institutions). With `RAY_ADDRESS` set (`ray start --head` on one machine, `ray start
+    --address HEAD:6379` on the others; README, "Many institutions"), the simulation
+    joins that cluster instead and gets an actor per CPU of the whole cluster; Ray
+    refuses a CPU count from a driver that joins a cluster, so none is given.
+    """
+    init_args: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,  # actors' shutdown chatter otherwise
     }
+    if os.environ.get("RAY_ADDRESS"):
+        init_args["address"] = os.environ["RAY_ADDRESS"]
+    else:
+        init_args["num_cpus"] = min(os.cpu_count() or 1, institutions)
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
 ENGINES = ("ray", "inprocess")

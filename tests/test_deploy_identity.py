@@ -125,3 +125,21 @@ def test_aidmp_run_checks_the_run_config_before_submitting(run_config, expected,
     assert len(lines) == 1 and lines[0].startswith("aidmp: error: ") and expected in lines[0]
     assert "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / "config.toml").exists()  # not even a connection was written
+
+
+def test_a_node_refuses_to_start_on_data_without_a_column_its_policy_requires(tmp_path):
+    """Every round would decline for it, visible only to the coordinator: `node start`
+    names the column at the site, before any SuperNode starts."""
+    from aidmp.simulations.runner import bundled_policy
+    from aidmp.tasks import get_task
+    from tests.inprocess_cli import aidmp
+
+    rows = get_task("adult").raw_train().iloc[:50].drop(columns=["hours-per-week"])
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    done = aidmp("node", "start", "--superlink", "127.0.0.1:1", "--insecure",
+                 "--data", str(tmp_path / "rows.csv"), "--policy", str(bundled_policy("adult")),
+                 "--ledger", str(tmp_path / "state"), "--no-dp")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "no column 'hours-per-week'" in line and "every round would decline" in line
+    assert "Traceback" not in done.stdout + done.stderr
