@@ -4,7 +4,7 @@ researcher   simulate, analyze, audit-privacy, pilot-data   (aidmp/cli/researche
 researcher   cluster                                        (aidmp/cli/cluster.py)
 researcher   explain                                        (aidmp/cli/explain.py)
 researcher   sweep, report                                  (aidmp/cli/sweep.py)
-institution  ledger, govern, audit, node           (aidmp/cli/institution.py)
+institution  ledger, govern, audit, node, model    (aidmp/cli/institution.py)
 coordinator  certs, coordinator, run               (aidmp/cli/coordinator.py)
 key dealer   keys                                  (aidmp/cli/keys.py)
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     institution.add_audit(sub)
     coordinator.add_certs(sub)
     institution.add_node(sub)
+    institution.add_model(sub)
     coordinator.add_coordinator(sub)
     coordinator.add_run(sub)
     researcher.add_pilot_data(sub)

@@ -1,4 +1,4 @@
-"""An institution's commands: `ledger`, `govern`, `audit`, `node`.
+"""An institution's commands: `ledger`, `govern`, `audit`, `node`, `model`.
 
 Each handler imports what it needs (pandas, cryptography, Flower) when it runs.
 """
@@ -298,3 +298,52 @@ def _run_node_start(args: argparse.Namespace) -> int:
     print("starting: " + " ".join(cmd), flush=True)
     os.execve(cmd[0], cmd, flower_env())
     return 0  # not reached
+
+
+def add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("model", help="institution: the trained global model, kept and scored here")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    dec = verbs.add_parser(
+        "decrypt", help="write the model in a coordinator's checkpoint as a file (torch.load)"
+    )
+    dec.add_argument("checkpoint", help="the coordinator's checkpoint.npz")
+    dec.add_argument("--keys", help="this site's institution.ckks (needed under HE)")
+    dec.add_argument("--out", required=True, help="the model file to write")
+    dec.set_defaults(handler=_run_model)
+    ev = verbs.add_parser(
+        "evaluate", help="score a model file on this site's own governed rows, locally"
+    )
+    ev.add_argument("model", help="a file from `aidmp model decrypt`")
+    ev.add_argument("--data", required=True, help="the site's CSV or Parquet rows")
+    ev.add_argument("--policy", required=True, help="the site's governance policy YAML")
+    ev.set_defaults(handler=_run_model)
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.verb == "decrypt":
+        from aidmp.client.final_model import model_from_checkpoint
+        from aidmp.server.checkpoint import load_checkpoint
+        from aidmp.tasks.model_file import save_model
+
+        out = Path(args.out)
+        if out.exists():
+            raise AidmpError(f"{out} exists; choose another --out, or remove it deliberately")
+        ckpt = load_checkpoint(Path(args.checkpoint))
+        keys = Path(args.keys) if args.keys else None
+        model = model_from_checkpoint(ckpt.model, ckpt.meta, ckpt.round, keys)
+        save_model(out, model)
+        print(f"wrote {out}: task {model.task}, round {model.round}, job {model.job_id}")
+        return 0
+    from aidmp.client.final_model import evaluate_on_own_rows
+    from aidmp.tasks.model_file import load_model
+
+    model = load_model(Path(args.model))
+    scores = evaluate_on_own_rows(model, Path(args.data), Path(args.policy))
+    print(
+        f"{args.model} (task {model.task}, round {model.round}) on {scores['rows']} governed "
+        f"rows of {args.data}: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}; "
+        f"majority class alone {scores['majority_rate']:.4f}"
+    )
+    return 0
