@@ -143,3 +143,27 @@ def test_a_node_refuses_to_start_on_data_without_a_column_its_policy_requires(tm
     (line,) = done.stderr.strip().splitlines()
     assert "no column 'hours-per-week'" in line and "every round would decline" in line
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_aidmp_run_lists_and_stops_runs_through_its_own_connection(tmp_path, monkeypatch):
+    """`aidmp run --list` and `--stop N` are Flower's `flwr ls` and `flwr stop` over the
+    connection `aidmp run` writes (a stand-in `flwr` records what it was asked)."""
+    import stat
+
+    import aidmp.flower_tools
+    from tests.inprocess_cli import aidmp as cli
+
+    asked = tmp_path / "asked"
+    fake = tmp_path / "flwr"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {asked}\necho "FLWR_HOME=$FLWR_HOME" >> {asked}\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(aidmp.flower_tools, "flower_tool", lambda name: str(fake))
+    home = tmp_path / "home"
+    link = ("--superlink", "127.0.0.1:9", "--insecure", "--flwr-home", str(home))
+    assert cli("run", *link, "--list").returncode == 0
+    assert cli("run", *link, "--stop", "42").returncode == 0
+    ls, env1, stop, env2 = asked.read_text().splitlines()
+    assert ls.split()[0] == "ls" and stop.split()[:2] == ["stop", "42"]
+    assert ls.split()[1] == stop.split()[2]  # one connection, named in config.toml
+    assert ls.split()[1] in (home / "config.toml").read_text()
+    assert env1 == env2 == f"FLWR_HOME={home}"

@@ -105,6 +105,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="run this federated k-means job (YAML: k, epsilon, features as NAME:LOW:HIGH, "
         "rounds) instead of training; writes clusters.json in the run's out-dir",
     )
+    p.add_argument(
+        "--list", action="store_true", help="list the SuperLink's runs (flwr ls) and exit"
+    )
+    p.add_argument("--stop", metavar="RUN_ID", help="stop this run on the SuperLink (flwr stop)")
     p.set_defaults(handler=_run_run)
 
 
@@ -186,11 +190,25 @@ def _flwr_run(cmd: list[str], env: dict[str, str], connection: str) -> int:
     )  # fmt: skip
     run_id = None
     assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
-            run_id = found.group(1)
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
+                run_id = found.group(1)
+    except KeyboardInterrupt:  # Ctrl-C stops following; the job goes on at the SuperLink
+        proc.terminate()
+        proc.wait()
+        if run_id is None:
+            print("aidmp: interrupted before the SuperLink accepted a run", file=sys.stderr)
+        else:
+            print(
+                f"aidmp: stopped following run {run_id}; it is still running at the "
+                f"SuperLink. Stop it with `aidmp run --stop {run_id}` (same --superlink and "
+                "--ca), or list the runs with `aidmp run --list`",
+                file=sys.stderr,
+            )
+        return 130
     code = proc.wait()
     if code != 0 or run_id is None:
         return code or 1
@@ -238,6 +256,13 @@ def _run_run(args: argparse.Namespace) -> int:
     from aidmp.flower_tools import flower_tool
     from aidmp.server.superlink import default_flwr_home, flwr_env, write_connection
 
+    if args.list or args.stop:  # through the same connection as a run
+        import subprocess
+
+        home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
+        name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
+        verb = ["ls", name] if args.list else ["stop", str(args.stop), name]
+        return subprocess.run([flower_tool("flwr"), *verb], env=flwr_env(home)).returncode
     run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
     job = "analysis" if args.analysis else "clustering" if args.cluster else None
     _check_run_config(run_config, job)  # before anything is submitted: exit 2, no traceback
@@ -263,7 +288,7 @@ def _run_run(args: argparse.Namespace) -> int:
     if run_config.strip():
         cmd += ["--run-config", run_config.strip()]
     code = _flwr_run(cmd, flwr_env(home), name)
-    if code != 0:
+    if code not in (0, 130):  # 130: Ctrl-C, already explained
         print(
             "aidmp: the run ended with an error. If the coordinator's SuperLink went down, "
             "restart it (`aidmp coordinator start`, same --state) and continue the job with "
