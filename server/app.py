@@ -9,6 +9,9 @@ JOB.yaml`), runs that job (server/clustering.py).
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -46,4 +49,29 @@ def main(grid: Grid, context: Context) -> None:
         return
     from aidmp.server.federation import run_federation
 
-    run_federation(grid, cfg, run_id=str(context.run_id))
+    started = time.monotonic()
+    report = run_federation(grid, cfg, run_id=str(context.run_id))
+    _close(report, cfg, time.monotonic() - started)
+
+
+def _close(report: dict[str, Any], cfg: RunConfig, wall_seconds: float) -> None:
+    """summary.json and metrics.png beside report.json, then the closing summary."""
+    from aidmp.atomic import atomic_write_json
+    from aidmp.server.checkpoint import CHECKPOINT_NAME
+    from aidmp.server.closing import (
+        PLOT_NAME,
+        SUMMARY_NAME,
+        closing_lines,
+        deployment_summary,
+    )
+    from aidmp.server.plots import plot_metrics
+    from aidmp.server.report import REPORT_NAME
+
+    out = Path(cfg.out_dir)
+    summary = deployment_summary(report, wall_seconds)
+    atomic_write_json(out / SUMMARY_NAME, summary)
+    plot_metrics(summary, out / PLOT_NAME)
+    files = {"report": out / REPORT_NAME, "summary": out / SUMMARY_NAME,
+             "plot": out / PLOT_NAME, "checkpoint": out / CHECKPOINT_NAME}  # fmt: skip
+    for line in closing_lines(report, files):
+        logging.getLogger("aidmp.server").info(line)

@@ -49,7 +49,13 @@ def _fmt_noisy(value: float | None, std: float | None) -> str:
     return f"{value:.4f} ± {std:.4f} (DP)"
 
 
-def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
+def _progress_line(
+    rec: RoundRecord,
+    num_rounds: int,
+    total_s: float,
+    min_nodes: int = 1,
+    eta_s: float | None = None,
+) -> str:
     failed = len(rec.train_failures)
     governance = ""
     if rec.governance:
@@ -79,8 +85,14 @@ def _progress_line(rec: RoundRecord, num_rounds: int, total_s: float) -> str:
         f"  train-loss {_fmt(rec.train_loss)}"
         + (f"  (figures withheld by {rec.eval_withheld})" if rec.eval_withheld else "")
         + f"  nodes {rec.train_replies}/{rec.train_replies + failed}"
-        f"  {rec.elapsed_s:5.1f}s (total {total_s:6.1f}s)"
-        + ("" if rec.aggregated else "  [skipped: no usable replies]")
+        f"  {rec.elapsed_s:5.1f}s (total {total_s:6.1f}s"
+        + (f", about {eta_s:.0f}s to go)" if eta_s is not None and rec.round < num_rounds else ")")
+        + (
+            ""
+            if rec.aggregated
+            else f"  [skipped: {rec.train_replies} usable update(s), {min_nodes} needed; the "
+            "model is kept]"
+        )
         + governance
         + privacy
         + declined
@@ -186,7 +198,11 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
     def on_round_end(rec: RoundRecord, arrays: ArrayRecord) -> None:
         history.append(rec.as_dict())
         checkpoint(rec.round, arrays)
-        log.info(_progress_line(rec, cfg.num_rounds, prior_s + time.monotonic() - started))
+        # The time to go, from this job's rounds so far (each round's own elapsed_s).
+        mean_s = sum(float(r.get("elapsed_s", 0.0)) for r in history) / len(history)
+        eta = mean_s * (cfg.num_rounds - rec.round)
+        total = prior_s + time.monotonic() - started
+        log.info(_progress_line(rec, cfg.num_rounds, total, cfg.min_nodes, eta))
         for site in low_budget_sites(history):
             if site["institution"] not in warned:
                 warned.add(site["institution"])

@@ -283,7 +283,12 @@ def connected_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
     """The connected nodes, once `wanted` are connected or `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
+    said = -1
     while len(nodes) < wanted and time.monotonic() < deadline:
+        if len(nodes) != said:  # a line when the count changes, not every poll
+            said = len(nodes)
+            connected = ": " + ", ".join(f"node-{n}" for n in sorted(nodes)) if nodes else ""
+            log.info("waiting for %d node(s) to connect (%d connected%s)", wanted, said, connected)
         time.sleep(0.2)
         nodes = list(grid.get_node_ids())
     return nodes

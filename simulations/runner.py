@@ -32,17 +32,15 @@ from aidmp.privacy.he.state import EncryptedGlobal, unflatten_state
 from aidmp.privacy.ledger import LEDGER_NAME, PrivacyLedger
 from aidmp.server.budget_watch import LOW_BUDGET_SHARE, describe
 from aidmp.server.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint
+from aidmp.server.closing import PLOT_NAME, SUMMARY_NAME
 from aidmp.server.federation import run_federation
+from aidmp.server.plots import plot_metrics
 from aidmp.server.report import REPORT_NAME
 from aidmp.simulations.baseline import centralized_baseline
-from aidmp.simulations.plots import plot_metrics
 from aidmp.tasks import get_task, load_dataset
 from aidmp.tasks.partition import parse_partition, partition_indices
 
 log = logging.getLogger("aidmp.simulations")
-
-SUMMARY_NAME = "summary.json"
-PLOT_NAME = "metrics.png"
 
 
 def check_out_dir(out: Path) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from aidmp.atomic import atomic_write_json
 from aidmp.errors import AidmpError
+from aidmp.server.closing import SUMMARY_NAME
 from aidmp.simulations.sweep_spec import RunSpec, Sweep, jsonable, simulate_argv
 
 RUNS_DIR = "runs"
@@ -41,7 +42,6 @@ SWEEP_NAME = "sweep.json"
 OPTIONS_NAME = "options.json"
 ERROR_NAME = "error.json"
 LOG_NAME = "log.txt"
-SUMMARY_NAME = "summary.json"  # as simulations/runner.py writes it (not imported: heavy)
 
 
 @dataclass

@@ -220,6 +220,7 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     for i in range(3):
         fed.enroll(f"site-{i}")
         fed.site(i, rows)
+    for i in range(2):  # site-2 joins once the coordinator says it is waiting for it
         fed.start_site(i, *site_keys)
     # A stranger nobody registered, and a node that will not speak TLS, try to join too.
     fed.aidmp("node", "keygen", "--out", str(fed.tmp / "stranger.key"))
@@ -238,6 +239,8 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         "min-available-nodes=3 min-nodes=2 round-timeout=240"
     )
     run = fed.submit(run_config)
+    _wait_for("the waiting line", lambda: "waiting for 3 node(s)" in fed.log("run"), 300, run)
+    fed.start_site(2, *site_keys)
 
     def checkpoint_at(rnd: int):
         return lambda: ckpt.exists() and load_checkpoint(ckpt).round >= rnd
@@ -262,6 +265,15 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     resumed = fed.submit(run_config, "--resume")
     assert resumed.wait(timeout=420) == 0, fed.log("run")[-3000:]
     assert (out / "report.json").is_file(), fed.log("run")[-3000:]
+    console = fed.log("run")  # the coordinator's console: both runs of the job
+    assert "round   1/3" in console and "about" in console and "round   3/3" in console
+    closing = console.split("ServerApp finished")[0].rsplit("round   3/3", 1)[1]
+    assert "3 of 3 round(s) aggregated" in closing and "eps spent per site: site-0" in closing
+    for name in ("report.json", "summary.json", "metrics.png", CHECKPOINT_NAME):
+        assert f": {out / name}" in closing and (out / name).stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["institution_names"] == ["site-0", "site-1", "site-2"]
+    assert summary["skipped_rounds"] == [] and summary["rounds"] == 3
     print(f"\nTLS + auth + HE + DP + governance; node killed and back, coordinator killed "
           f"and resumed, 3 rounds: {time.monotonic() - started:.0f}s with setup")  # fmt: skip
 
@@ -300,6 +312,17 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
             assert rounds[-1] == (3, 1)
         assert ledger[-1]["run_id"] == rerun
     assert released_twice >= 1
+
+    # The final model at a site: decrypted from the coordinator's checkpoint with the site's
+    # own key, scored on the site's own governed rows (aidmp model decrypt / evaluate).
+    model = fed.tmp / "site-0" / "model.pt"
+    fed.aidmp("model", "decrypt", str(ckpt), "--keys", str(keys / "institution.ckks"),
+              "--out", str(model))  # fmt: skip
+    scored = fed.aidmp("model", "evaluate", str(model), "--data",
+                       str(fed.tmp / "site-0" / "rows.csv"), "--policy",
+                       str(bundled_policy("adult"))).stdout  # fmt: skip
+    accuracy = float(scored.split("accuracy ")[1].split(",")[0])
+    assert accuracy > float(scored.rsplit("majority class alone ", 1)[1].split()[0]), scored
 
     # A federated statistics query under HE (`aidmp run --analysis`): the coordinator adds
     # the sites' encrypted partials and, holding the public key only, asks a site that

@@ -89,7 +89,7 @@ def test_a_second_federation_starts_from_what_the_first_spent(run_with_one_spent
         f"institution-{i}" for i in range(N)
     }
     assert not any(rec["aggregated"] for rec in summary["per_round"])
-    assert "skipped: no usable replies" in result.stdout
+    assert "[skipped: 0 usable update(s)" in result.stdout and "the model is kept" in result.stdout
 
 
 def test_damaged_ledger_stops_that_institution_only(tmp_path):

@@ -453,3 +453,23 @@ def test_node_start_passes_every_dp_setting_it_takes(site, tmp_path, monkeypatch
     with pytest.raises(AidmpError, match="must be > 0"):
         real(data=site / "rows.csv", policy=site / "policy.yaml", keys=None,
              state_dir=tmp_path, name="a", dp_epsilon=3.0, noise_multiplier=0.0)  # fmt: skip
+
+
+def test_a_round_line_says_why_a_round_was_skipped_and_what_is_left():
+    from aidmp.server.closing import closing_lines
+    from aidmp.server.federation import _progress_line
+    from aidmp.server.rounds import RoundRecord
+
+    rec = RoundRecord(round=2, train_replies=2, aggregated=False, elapsed_s=30.0)
+    line = _progress_line(rec, 5, 60.0, min_nodes=3, eta_s=90.0)
+    assert "[skipped: 2 usable update(s), 3 needed; the model is kept]" in line
+    assert "about 90s to go" in line
+    skipped = rec.as_dict() | {"privacy": {"site-0": {"epsilon-spent": 1.0, "delta": 1e-5}}}
+    privacy = {"dp": True, "epsilon_by_institution": {"site-0": 1.0}, "delta": 1e-5}
+    report = {"job_id": "j", "task": "adult", "strategy": "fedavg", "privacy": privacy,
+              "per_round": [RoundRecord(round=1, aggregated=True).as_dict(), skipped],
+              "final": {"accuracy": 0.8, "loss": 0.4, "source": "federated"}}  # fmt: skip
+    lines = closing_lines(report, {"summary": "out/summary.json"})
+    assert lines[0] == "job j (adult, fedavg): 1 of 2 round(s) aggregated, 1 skipped (round 2)"
+    assert "site-0 spent privacy budget on skipped round(s)" in lines[1]
+    assert lines[-1] == "summary: out/summary.json"

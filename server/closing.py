@@ -1,0 +1,93 @@
+"""What a coordinator is told when a training job ends: the rounds aggregated and
+skipped, the final figures, each site's ε, and where the files are. The ServerApp logs
+these lines (under `aidmp run` they reach the coordinator's console) and writes
+`summary.json` and `metrics.png` beside `report.json`, as `aidmp simulate` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# The files a job leaves in its out-dir beside report.json and checkpoint.npz, simulated
+# or deployed.
+SUMMARY_NAME = "summary.json"
+PLOT_NAME = "metrics.png"
+
+
+def _figure(final: dict[str, Any], key: str) -> str:
+    value, std = final.get(key), final.get(f"{key}_std")
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (f" ± {std:.4f} (DP)" if std is not None else "")
+
+
+def _skipped(rounds: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    """The rounds nobody aggregated, and the sites that were charged ε for them anyway
+    (they trained under DP and replied; too few others did)."""
+    skipped = [r for r in rounds if not r.get("aggregated", True)]
+    return [r["round"] for r in skipped], sorted({n for r in skipped for n in r.get("privacy", {})})
+
+
+def closing_lines(report: dict[str, Any], files: Mapping[str, Path | str]) -> list[str]:
+    """The job's closing summary, a line per fact. `files`: what was written, by name."""
+    rounds = report["per_round"]
+    skipped, charged = _skipped(rounds)
+    lines = [
+        f"job {report['job_id']} ({report['task']}, {report['strategy']}): "
+        f"{len(rounds) - len(skipped)} of {len(rounds)} round(s) aggregated"
+        + (f", {len(skipped)} skipped (round {', '.join(map(str, skipped))})" if skipped else "")
+    ]
+    if charged:
+        lines.append(
+            f"warning: {', '.join(charged)} spent privacy budget on skipped round(s) whose "
+            "updates nobody aggregated"
+        )
+    final = report["final"]
+    lines.append(
+        f"final accuracy {_figure(final, 'accuracy')}, loss {_figure(final, 'loss')} "
+        f"({final['source']})"
+    )
+    privacy = report["privacy"]
+    if privacy.get("dp"):
+        spent = privacy.get("epsilon_by_institution", {})
+        lines.append(
+            "eps spent per site: "
+            + (", ".join(f"{name} {eps:.2f}" for name, eps in spent.items()) or "none reported")
+            + f" (delta {privacy.get('delta')})"
+        )
+    lines += [f"{name}: {path}" for name, path in files.items()]
+    return lines
+
+
+def deployment_summary(report: dict[str, Any], wall_seconds: float) -> dict[str, Any]:
+    """summary.json for a deployed job: the report's figures in the shape `aidmp simulate`
+    writes (no centralized baseline: the coordinator holds no data), plus the
+    institutions that took part and the skipped rounds' charged sites."""
+    rounds = report["per_round"]
+    institutions = sorted(
+        {name for r in rounds for name in (*r.get("privacy", {}), *r.get("governance", {}))}
+    )
+    skipped = [r["round"] for r in rounds if not r.get("aggregated", True)]
+    charged = sorted(
+        {n for r in rounds if not r.get("aggregated", True) for n in r.get("privacy", {})}
+    )
+    return {
+        "task": report["task"],
+        "institutions": len(institutions),
+        "institution_names": institutions,
+        "rounds": len(rounds),
+        "strategy": report["strategy"],
+        "run_config": report["run_config"],
+        "job_id": report["job_id"],
+        "per_round": rounds,
+        "skipped_rounds": skipped,
+        "charged_in_skipped_rounds": charged,
+        "privacy": report["privacy"],
+        "he": report["he"],
+        "governance": report["governance"],
+        "final": report["final"],
+        "resumed_from_round": report["resumed_from_round"],
+        "wall_seconds": wall_seconds,
+    }
