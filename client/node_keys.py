@@ -43,3 +43,13 @@ def node_keygen(out: Path, comment: str = "aidmp-node") -> tuple[Path, Path, str
     atomic_write_bytes(public_path, public + f" {comment}\n".encode())
     os.chmod(public_path, 0o644)
     return out, public_path, hashlib.sha256(public).hexdigest()
+
+
+def public_key_sha256(public_path: Path) -> str:
+    """The SHA-256 that `node keygen` printed for this public key (over the key itself,
+    without its comment): how a site and the coordinator name one key to each other."""
+    try:
+        kind, blob = public_path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return "unknown: no readable " + public_path.name
+    return hashlib.sha256(f"{kind} {blob}".encode()).hexdigest()

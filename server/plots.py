@@ -37,9 +37,10 @@ def plot_metrics(summary: dict[str, Any], path: Path) -> None:
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()
+    # A simulation names its split; deployed sites hold their own rows (no partition).
+    split = f"{summary['partition']}, " if summary.get("partition") else ""
     fig.suptitle(
-        f"{summary['task']}: {summary['institutions']} institutions, "
-        f"{summary['partition']}, {summary['strategy']}"
+        f"{summary['task']}: {summary['institutions']} institutions, {split}{summary['strategy']}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)

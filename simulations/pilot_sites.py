@@ -8,7 +8,6 @@ a pilot can be repeated.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +40,19 @@ def write_pilot_sites(
         raise AidmpError(
             f"{sites} sites of {share} rows need {share * sites}; '{task}' has {len(frame)}"
         )
-    policy = bundled_policy(task)
+    # The bundled policy's body, under a header that reads as the site's own policy.
+    lines = bundled_policy(task).read_text().splitlines(keepends=True)
+    body = "".join(lines[next(i for i, line in enumerate(lines) if not line.startswith("#")) :])
     for i, folder in enumerate(folders):
         folder.mkdir(parents=True)
         part = frame.iloc[order[i * share : (i + 1) * share]].assign(consent="yes")
         part.to_csv(folder / DATA_NAME, index=False)
-        shutil.copyfile(policy, folder / POLICY_NAME)
+        header = (
+            f"# Governance policy of {folder.name}: what its node checks and cleans in\n"
+            f"# {DATA_NAME} before every round (`aidmp node start --policy`). A starting\n"
+            "# point for a pilot: review every column, and draft your own from your data with\n"
+            f"# `aidmp govern init`; `aidmp govern check {DATA_NAME} --policy {POLICY_NAME}`\n"
+            "# shows what it decides.\n"
+        )
+        (folder / POLICY_NAME).write_text(header + body)
     return folders

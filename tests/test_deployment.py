@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from aidmp.client.node_keys import public_key_sha256
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
 from aidmp.privacy.ledger import LEDGER_NAME
 from aidmp.server.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -279,6 +280,8 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
 
     assert stranger.wait(timeout=120) != 0
     assert "Failed to activate SuperNode" in fed.log("stranger")
+    sha = public_key_sha256(fed.tmp / "stranger.key.pub")
+    assert f"its key (SHA-256 {sha}) is not registered there" in fed.log("stranger")
     assert plain.wait(timeout=120) != 0
     refused = fed.log("plain")
     # Flower words it by how the TLS handshake broke off; both mean "no connection".

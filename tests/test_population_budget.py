@@ -473,3 +473,22 @@ def test_a_round_line_says_why_a_round_was_skipped_and_what_is_left():
     assert lines[0] == "job j (adult, fedavg): 1 of 2 round(s) aggregated, 1 skipped (round 2)"
     assert "site-0 spent privacy budget on skipped round(s)" in lines[1]
     assert lines[-1] == "summary: out/summary.json"
+
+
+def test_a_deployed_job_has_a_summary_and_a_plot_without_a_partition(tmp_path):
+    from aidmp.server.closing import deployment_summary
+    from aidmp.server.plots import plot_metrics
+    from aidmp.server.rounds import RoundRecord
+
+    spend = {"epsilon-spent": 1.0, "delta": 1e-5}
+    rounds = [RoundRecord(round=1, aggregated=True, federated_accuracy=0.8,
+                          privacy={"site-0": spend, "site-1": spend}).as_dict(),
+              RoundRecord(round=2, aggregated=False, privacy={"site-1": spend}).as_dict()]  # fmt: skip
+    report = {"task": "adult", "strategy": "fedavg", "run_config": {}, "job_id": "j",
+              "per_round": rounds, "privacy": {"dp": True}, "he": {"enabled": False},
+              "governance": {}, "final": {}, "resumed_from_round": None}  # fmt: skip
+    summary = deployment_summary(report, 12.0)
+    assert summary["institution_names"] == ["site-0", "site-1"]
+    assert (summary["skipped_rounds"], summary["charged_in_skipped_rounds"]) == ([2], ["site-1"])
+    plot_metrics(summary, tmp_path / "metrics.png")
+    assert (tmp_path / "metrics.png").read_bytes()[:4] == b"\x89PNG"

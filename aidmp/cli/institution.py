@@ -272,7 +272,6 @@ def _node_start_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_node_start(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     from aidmp.client.supernode import node_config, supernode_command
@@ -296,8 +295,41 @@ def _run_node_start(args: argparse.Namespace) -> int:
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
     print("starting: " + " ".join(cmd), flush=True)
-    os.execve(cmd[0], cmd, flower_env())
-    return 0  # not reached
+    return _follow_supernode(cmd, flower_env(), Path(args.node_key) if args.node_key else None)
+
+
+def _follow_supernode(cmd: list[str], env: dict[str, str], node_key: object) -> int:
+    """Run Flower's SuperNode, its output passed through, and say in one line what a
+    refusal means and what to do (Flower says `Failed to activate SuperNode`). SIGTERM
+    and Ctrl-C reach it; its exit code is ours."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from aidmp.client.node_keys import public_key_sha256
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)  # fmt: skip
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    refused = False
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        refused = refused or "Failed to activate SuperNode" in line
+    code = proc.wait()
+    if refused and isinstance(node_key, Path):
+        public = node_key.with_name(node_key.name + ".pub")
+        print(
+            f"aidmp: the coordinator refused this node: its key (SHA-256 "
+            f"{public_key_sha256(public)}) is not registered there. Send {public} to the "
+            "coordinator, who runs `aidmp coordinator register-node` with it",
+            file=sys.stderr,
+            flush=True,
+        )
+    return code
 
 
 def add_model(sub: argparse._SubParsersAction) -> None:
