@@ -481,9 +481,10 @@ def test_a_deployed_job_has_a_summary_and_a_plot_without_a_partition(tmp_path):
     from aidmp.server.rounds import RoundRecord
 
     spend = {"epsilon-spent": 1.0, "delta": 1e-5}
-    rounds = [RoundRecord(round=1, aggregated=True, federated_accuracy=0.8,
-                          privacy={"site-0": spend, "site-1": spend}).as_dict(),
-              RoundRecord(round=2, aggregated=False, privacy={"site-1": spend}).as_dict()]  # fmt: skip
+    first = RoundRecord(round=1, aggregated=True, federated_accuracy=0.8,
+                        privacy={"site-0": spend, "site-1": spend})  # fmt: skip
+    skipped = RoundRecord(round=2, aggregated=False, privacy={"site-1": spend})
+    rounds = [first.as_dict(), skipped.as_dict()]
     report = {"task": "adult", "strategy": "fedavg", "run_config": {}, "job_id": "j",
               "per_round": rounds, "privacy": {"dp": True}, "he": {"enabled": False},
               "governance": {}, "final": {}, "resumed_from_round": None}  # fmt: skip
