@@ -45,10 +45,16 @@ def closing_lines(report: dict[str, Any], files: Mapping[str, Path | str]) -> li
             "updates nobody aggregated"
         )
     final = report["final"]
-    lines.append(
-        f"final accuracy {_figure(final, 'accuracy')}, loss {_figure(final, 'loss')} "
-        f"({final['source']})"
-    )
+    if final.get("accuracy") is None and final.get("loss") is None:
+        lines.append(
+            "no final figures: the last round ran no evaluation (under HE only the sites can "
+            "evaluate: set fraction-evaluate above 0)"
+        )
+    else:
+        lines.append(
+            f"final accuracy {_figure(final, 'accuracy')}, loss {_figure(final, 'loss')} "
+            f"({final['source']})"
+        )
     privacy = report["privacy"]
     if privacy.get("dp"):
         spent = privacy.get("epsilon_by_institution", {})

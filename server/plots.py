@@ -36,7 +36,8 @@ def plot_metrics(summary: dict[str, Any], path: Path) -> None:
     ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # an encrypted job without evaluation has none
+            ax.legend()
     # A simulation names its split; deployed sites hold their own rows (no partition).
     split = f"{summary['partition']}, " if summary.get("partition") else ""
     fig.suptitle(

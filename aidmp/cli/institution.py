@@ -305,6 +305,7 @@ def _follow_supernode(cmd: list[str], env: dict[str, str], node_key: object) -> 
     import signal
     import subprocess
     import sys
+    import threading
     from pathlib import Path
 
     from aidmp.client.node_keys import public_key_sha256
@@ -313,14 +314,23 @@ def _follow_supernode(cmd: list[str], env: dict[str, str], node_key: object) -> 
                             text=True, bufsize=1)  # fmt: skip
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
-    refused = False
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        refused = refused or "Failed to activate SuperNode" in line
+    refused = threading.Event()
+
+    def relay() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if "Failed to activate SuperNode" in line:
+                refused.set()
+
+    # On a thread, and not to the end of the pipe: a child of the SuperNode (its
+    # SuperExec) can outlive it and hold the pipe open. We end when the SuperNode does.
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
     code = proc.wait()
-    if refused and isinstance(node_key, Path):
+    reader.join(timeout=2)
+    if refused.is_set() and isinstance(node_key, Path):
         public = node_key.with_name(node_key.name + ".pub")
         print(
             f"aidmp: the coordinator refused this node: its key (SHA-256 "
