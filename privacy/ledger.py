@@ -31,7 +31,9 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ from scipy.special import log_ndtr, ndtr
 
 from aidmp.atomic import atomic_write_json
 from aidmp.errors import DeclineCode, PrivacyError
+
+_log = logging.getLogger("aidmp.privacy")
 
 if TYPE_CHECKING:  # imported where used: a node that only reads its ledger (to decrypt a
     # sum, to show it) need not load dp_accounting, a good part of a process's start-up
@@ -326,7 +330,14 @@ def epsilon_of(
         return _pld_epsilon(charges, delta)
     if accountant == "rdp":
         rdp = sum(_rdp_per_step(c.noise_multiplier, c.sample_rate) * c.steps for c in charges)
-        eps, _ = _opacus_rdp().get_privacy_spent(orders=_rdp_orders(), rdp=rdp, delta=delta)
+        # Opacus warns when the best order is at the edge of its grid ("Optimal order is
+        # the largest alpha"): advice for whoever picks the orders, not for a privacy
+        # officer's console. It is logged at debug level.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            eps, _ = _opacus_rdp().get_privacy_spent(orders=_rdp_orders(), rdp=rdp, delta=delta)
+        for warning in caught:
+            _log.debug("RDP accountant: %s", warning.message)
         return float(eps)
     if accountant == "prv":
         from opacus.accountants import PRVAccountant
