@@ -18,10 +18,11 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.serde import recorddict_to_proto
 
-from aidmp.client.data import node_state_dir
+from aidmp.client.data import institution_name, node_state_dir
 from aidmp.client.decline import decline_for, require_own_state_dir
 from aidmp.client.governed import policy_path
 from aidmp.errors import AidmpError, RoundConfigError
+from aidmp.node_config import has_own_data
 from aidmp.privacy.audit import AUDIT_NAME, AuditEntry, AuditLog, payload_digest
 from aidmp.round_config import RECORD_NAME, RoundConfig
 
@@ -126,4 +127,25 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
         AuditLog(state_dir / AUDIT_NAME).append(entry)
     except AidmpError as exc:
         return decline_for(msg, context, exc)
+    # A deployed site's console shows every release; a simulation's hundreds of virtual
+    # institutions would drown the researcher's, so there it is at debug level.
+    level = logging.INFO if has_own_data(context.node_config) else logging.DEBUG
+    log.log(level, _site_line(context, entry, node, reply))
     return reply
+
+
+def _site_line(context: Context, entry: AuditEntry, node: object, reply: Message) -> str:
+    """The site's own console line for what just left: round, governance decision, ε spent
+    and left, bytes sent; or the decline and its reason. Logged by the node only."""
+    name = institution_name(context.node_config, context.node_id)
+    line = f"[{name}] round {entry.round} {entry.kind}: {entry.payload_bytes:,} bytes sent"
+    if entry.governance_decision:
+        line += f", governance {entry.governance_decision}"
+    if reply.has_error():
+        return f"{line}; declined: {reply.error.reason}"
+    if isinstance(node, ConfigRecord):
+        spent, left = node.get("epsilon-spent"), node.get("budget-left")
+        if isinstance(spent, int | float) and isinstance(left, int | float):
+            charged = entry.epsilon_charged or 0.0
+            line += f", eps {charged:.3f} this release, {spent:.2f} spent, {left:.2f} left"
+    return line
