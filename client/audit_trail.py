@@ -129,9 +129,24 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
         return decline_for(msg, context, exc)
     # A deployed site's console shows every release; a simulation's hundreds of virtual
     # institutions would drown the researcher's, so there it is at debug level.
-    level = logging.INFO if has_own_data(context.node_config) else logging.DEBUG
-    log.log(level, _site_line(context, entry, node, reply))
+    if has_own_data(context.node_config):
+        _site_console().info(_site_line(context, entry, node, reply))
+    else:
+        log.debug(_site_line(context, entry, node, reply))
     return reply
+
+
+def _site_console() -> logging.Logger:
+    """The site's console (`aidmp.site`): its own handler, because a `flwr-clientapp`
+    process configures none for us and would drop INFO; records still propagate (a test
+    captures them at the root)."""
+    logger = logging.getLogger("aidmp.site")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    return logger
 
 
 def _site_line(context: Context, entry: AuditEntry, node: object, reply: Message) -> str:

@@ -293,6 +293,9 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     assert [r["first_round"] for r in report["runs"]] == [1, 3]
     first, second, third = report["per_round"]
     assert (first["train_replies"], second["train_replies"], third["train_replies"]) == (3, 2, 3)
+    # Each site's own console: a line per release, with its spend.
+    assert "[site-0] round 1 train-reply: " in fed.log("site-0")
+    assert "governance admit" in fed.log("site-0") and " left" in fed.log("site-0")
     (lost,) = second["train_failures"]
     assert lost["institution"] == "site-2"  # named, though the SuperLink reported it
     assert third["aggregated"] and "site-2" in third["governance"]  # rejoined

@@ -343,14 +343,14 @@ def test_a_site_sees_a_line_for_each_release_and_its_decline(site, tmp_path, cap
     node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
             "state-dir": str(tmp_path / "state"), "name": "site-a", "dp": True,
             "dp-epsilon": 5.0}  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="aidmp.client"):
+    with caplog.at_level(logging.INFO, logger="aidmp.site"):
         reply = _send(node)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     (line,) = [r.getMessage() for r in caplog.records if "bytes sent" in r.getMessage()]
     assert line.startswith("[site-a] round 1 train-reply: ") and "bytes sent" in line
     assert "governance admit" in line and "spent" in line and "left" in line
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="aidmp.client"):
+    with caplog.at_level(logging.INFO, logger="aidmp.site"):
         _send(node | {"dp-epsilon": 0.0})  # a budget that allows nothing
     (line,) = [r.getMessage() for r in caplog.records if "bytes sent" in r.getMessage()]
     assert line.startswith("[site-a] round 1 train-decline: ") and "declined:" in line
