@@ -167,3 +167,41 @@ def test_aidmp_run_lists_and_stops_runs_through_its_own_connection(tmp_path, mon
     assert ls.split()[1] == stop.split()[2]  # one connection, named in config.toml
     assert ls.split()[1] in (home / "config.toml").read_text()
     assert env1 == env2 == f"FLWR_HOME={home}"
+
+
+@pytest.mark.slow  # starts a real SuperNode
+def test_a_node_says_in_one_line_when_it_cannot_connect_or_its_port_is_taken(tmp_path):
+    """Flower retries a wrong address quietly and answers a taken port with a traceback;
+    `node start` names each, with what to do."""
+    import socket
+
+    from aidmp.simulations.runner import bundled_policy
+    from aidmp.tasks import get_task
+
+    get_task("adult").raw_train().iloc[:50].assign(consent="yes").to_csv(
+        tmp_path / "rows.csv", index=False
+    )
+
+    def node_start(port: int) -> tuple[int, list[str]]:
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from aidmp.cli import main; sys.exit(main())",
+             "node", "start", "--superlink", "127.0.0.1:1", "--insecure",
+             "--data", str(tmp_path / "rows.csv"), "--policy", str(bundled_policy("adult")),
+             "--ledger", str(tmp_path / "state"), "--no-dp", "--max-retries", "1",
+             "--max-wait-time", "5", "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return done.returncode, [x for x in done.stderr.splitlines() if x.startswith("aidmp: ")]
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, said = node_start(port)
+    assert code != 0 and said == [
+        f"aidmp: port {port} on this machine is taken (another node or program); "
+        "start this node with another --port"
+    ]
+    code, said = node_start(port)  # free now; nothing listens at 127.0.0.1:1
+    assert code != 0 and len(said) == 1
+    assert said[0].startswith("aidmp: no connection to the coordinator at 127.0.0.1:1 yet")

@@ -295,13 +295,17 @@ def _run_node_start(args: argparse.Namespace) -> int:
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
     print("starting: " + " ".join(cmd), flush=True)
-    return _follow_supernode(cmd, flower_env(), Path(args.node_key) if args.node_key else None)
+    return _follow_supernode(cmd, flower_env(), Path(args.node_key) if args.node_key else None,
+                             args.superlink, args.port)  # fmt: skip
 
 
-def _follow_supernode(cmd: list[str], env: dict[str, str], node_key: object) -> int:
-    """Run Flower's SuperNode, its output passed through, and say in one line what a
-    refusal means and what to do (Flower says `Failed to activate SuperNode`). SIGTERM
-    and Ctrl-C reach it; its exit code is ours."""
+def _follow_supernode(
+    cmd: list[str], env: dict[str, str], node_key: object, superlink: str, port: object
+) -> int:
+    """Run Flower's SuperNode, its output passed through, and say in one line what its
+    failures mean and what to do: a refused key (`Failed to activate SuperNode`), no
+    connection yet (Flower retries quietly for minutes), a port already taken (a
+    traceback). SIGTERM and Ctrl-C reach it; its exit code is ours."""
     import signal
     import subprocess
     import sys
@@ -316,6 +320,13 @@ def _follow_supernode(cmd: list[str], env: dict[str, str], node_key: object) -> 
         signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
     refused = threading.Event()
 
+    said: set[str] = set()
+
+    def say_once(what: str, text: str) -> None:
+        if what not in said:
+            said.add(what)
+            print(f"aidmp: {text}", file=sys.stderr, flush=True)
+
     def relay() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -323,6 +334,13 @@ def _follow_supernode(cmd: list[str], env: dict[str, str], node_key: object) -> 
             sys.stdout.flush()
             if "Failed to activate SuperNode" in line:
                 refused.set()
+            elif "Connection attempt failed" in line and not refused.is_set():
+                say_once("unreachable", f"no connection to the coordinator at {superlink} yet; "
+                         "Flower keeps retrying. If this goes on, check the address and port "
+                         "the coordinator gave you, and that --ca is its ca.crt")  # fmt: skip
+            elif "address already in use" in line.lower():
+                say_once("port", f"port {port} on this machine is taken (another node or "
+                         "program); start this node with another --port")  # fmt: skip
 
     # On a thread, and not to the end of the pipe: a child of the SuperNode (its
     # SuperExec) can outlive it and hold the pipe open. We end when the SuperNode does.
