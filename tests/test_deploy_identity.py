@@ -205,3 +205,37 @@ def test_a_node_says_in_one_line_when_it_cannot_connect_or_its_port_is_taken(tmp
     code, said = node_start(port)  # free now; nothing listens at 127.0.0.1:1
     assert code != 0 and len(said) == 1
     assert said[0].startswith("aidmp: no connection to the coordinator at 127.0.0.1:1 yet")
+
+
+def test_aidmp_run_keeps_flowers_own_chatter_in_a_log_file(tmp_path, monkeypatch, capsys):
+    """The coordinator's console: our lines, Flower's warnings and errors; Flower's and
+    uvicorn's INFO and DEBUG lines (raw ANSI codes and all) go to the log file only."""
+    import json
+    import stat
+
+    import aidmp.flower_tools
+    from aidmp.cli.coordinator import _flwr_run
+
+    listing = {"runs": [{"run-id": "42", "status": "finished:completed"}]}
+    fake = tmp_path / "flwr"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = run ]; then\n'
+        '  echo "Successfully started run 42"\n'
+        "  printf '\\033[92mINFO \\033[0m:      configure_train: Sampled 3 nodes\\n'\n"
+        "  echo '12/02/2026 05:33:45:INFO:configure_train: Sampled 3 nodes'\n"
+        "  echo 'INFO:     Started server process [1]'\n"
+        "  echo 'round   1/3  acc 0.8  nodes 3/3'\n"
+        "  printf '\\033[93mWARNING \\033[0m:   a site is slow\\n'\n"
+        f"else echo '{json.dumps(listing)}'; fi\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(aidmp.flower_tools, "flower_tool", lambda name: str(fake))
+    log = tmp_path / "logs" / "run.log"
+    assert _flwr_run([str(fake), "run", ".", "conn", "--stream"], {}, "conn", log) == 0
+    console = capsys.readouterr().out
+    assert "round   1/3" in console and "a site is slow" in console
+    assert "Sampled" not in console and "Started server process" not in console
+    assert f"go to {log}" in console
+    kept = log.read_text()
+    assert kept.count("Sampled 3 nodes") == 2 and "round   1/3" in kept

@@ -7,7 +7,9 @@ when it runs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 
 def add_certs(sub: argparse._SubParsersAction) -> None:
@@ -109,6 +111,11 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         "--list", action="store_true", help="list the SuperLink's runs (flwr ls) and exit"
     )
     p.add_argument("--stop", metavar="RUN_ID", help="stop this run on the SuperLink (flwr stop)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Flower's own log lines here too (else they go to a file under FLWR_HOME/logs)",
+    )
     p.set_defaults(handler=_run_run)
 
 
@@ -174,12 +181,23 @@ def cluster_run_config(run_config: str, job_path: str, folder: object) -> str:
     return str(path)
 
 
-def _flwr_run(cmd: list[str], env: dict[str, str], connection: str) -> int:
-    """`flwr run ... --stream`, its output passed through, then the run's own status:
-    `flwr run` exits 0 when the run it started failed (a ServerApp exception, a bad run
-    config value), so we ask the SuperLink how the run ended (`flwr ls --run-id`)."""
+# Flower's and uvicorn's own INFO and DEBUG lines (with raw ANSI colour codes), and their
+# timestamped copies: the coordinator's console shows ours and every warning or error.
+_FLOWER_CHATTER = re.compile(
+    r"^(\x1b\[\d+m(INFO|DEBUG) *\x1b\[0m:|\d\d/\d\d/\d{4} [\d:]{8}:(INFO|DEBUG):|"
+    r"(INFO|DEBUG): |\s*$)"
+)
+
+
+def _flwr_run(
+    cmd: list[str], env: dict[str, str], connection: str, log_file: Path | None = None
+) -> int:
+    """`flwr run ... --stream`, then the run's own status: `flwr run` exits 0 when the run
+    it started failed (a ServerApp exception, a bad run config value), so we ask the
+    SuperLink how the run ended (`flwr ls --run-id`). Every line goes to `log_file` if one
+    is given, and to the console unless it is Flower's own chatter; with no `log_file`
+    (`aidmp run --verbose`) every line goes to the console."""
     import json
-    import re
     import subprocess
 
     from aidmp.flower_tools import flower_tool
@@ -190,10 +208,19 @@ def _flwr_run(cmd: list[str], env: dict[str, str], connection: str) -> int:
     )  # fmt: skip
     run_id = None
     assert proc.stdout is not None
+    log = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = log_file.open("a")
+        print(f"Flower's own log lines go to {log_file} (--verbose shows them here)", flush=True)
     try:
         for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            if log is not None:
+                log.write(line)
+                log.flush()
+            if log is None or not _FLOWER_CHATTER.match(line):
+                sys.stdout.write(line)
+                sys.stdout.flush()
             if run_id is None and (found := re.search(r"Successfully started run (\d+)", line)):
                 run_id = found.group(1)
     except KeyboardInterrupt:  # Ctrl-C stops following; the job goes on at the SuperLink
@@ -210,6 +237,8 @@ def _flwr_run(cmd: list[str], env: dict[str, str], connection: str) -> int:
             )
         return 130
     code = proc.wait()
+    if log is not None:
+        log.close()
     if code != 0 or run_id is None:
         return code or 1
     ls = subprocess.run(
@@ -269,6 +298,10 @@ def _run_run(args: argparse.Namespace) -> int:
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
     cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
+    import datetime as dt
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_file = None if args.verbose else home / "logs" / f"run-{stamp}.log"
     if args.analysis and args.cluster:
         from aidmp.errors import AidmpError
 
@@ -278,16 +311,16 @@ def _run_run(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory() as folder:
             toml = cluster_run_config(run_config, args.cluster, folder)
-            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name)
+            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name, log_file)
     if args.analysis:
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
             toml = analysis_run_config(run_config, args.analysis, folder)
-            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name)
+            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name, log_file)
     if run_config.strip():
         cmd += ["--run-config", run_config.strip()]
-    code = _flwr_run(cmd, flwr_env(home), name)
+    code = _flwr_run(cmd, flwr_env(home), name, log_file)
     if code not in (0, 130):  # 130: Ctrl-C, already explained
         print(
             "aidmp: the run ended with an error. If the coordinator's SuperLink went down, "
