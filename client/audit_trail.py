@@ -137,15 +137,15 @@ def record_outbound(msg: Message, reply: Message, context: Context, kind: str) -
 
 
 def _site_console() -> logging.Logger:
-    """The site's console (`aidmp.site`): its own handler, because a `flwr-clientapp`
-    process configures none for us and would drop INFO; records still propagate (a test
-    captures them at the root)."""
+    """The site's console (`aidmp.site`), at INFO whatever the process's default. A
+    `flwr-clientapp` process has a root handler (Flower's, timestamped), which shows it;
+    a process with none gets a plain one here, so the line is never dropped."""
     logger = logging.getLogger("aidmp.site")
-    if not logger.handlers:
+    logger.setLevel(logging.INFO)
+    if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
     return logger
 
 
