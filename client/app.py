@@ -110,6 +110,16 @@ def clustering(msg: Message, context: Context) -> Message:
     return answer_clustering(msg, context)
 
 
+@app.query("final_model")
+@_decline_on_error
+def final_model(msg: Message, context: Context) -> Message:
+    """The end of a job: the final global model, kept decrypted in this site's state folder
+    (client/final_model.py); the reply says only whether it was kept."""
+    from aidmp.client.final_model import receive_final_model
+
+    return receive_final_model(msg, context)
+
+
 @app.query("explain")
 @_decline_on_error
 def explain(msg: Message, context: Context) -> Message:

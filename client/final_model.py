@@ -5,6 +5,7 @@ evaluate`). Both run at the institution; nothing here leaves it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,54 @@ def evaluate_on_own_rows(model: ModelFile, data: Path, policy_file: Path) -> dic
     loss, accuracy = task.evaluate(net, x, y)
     majority = float(np.bincount(y).max() / len(y)) if len(y) else 0.0
     return {"rows": len(y), "loss": loss, "accuracy": accuracy, "majority_rate": majority}
+
+
+MODEL_PREFIX = "model-"
+
+
+def kept_model_path(state_dir: Path, job_id: str) -> Path:
+    """Where a site keeps a job's final model: its state folder, `model-<job>.pt`."""
+    return state_dir / f"{MODEL_PREFIX}{job_id}.pt"
+
+
+def receive_final_model(msg: Any, context: Any) -> Any:
+    """The end of a deployed job: the coordinator's final global model (ciphertext under
+    HE), decrypted with this site's own key and kept in its state folder as a file that
+    `torch.load` reads. A simulated institution keeps nothing (its researcher holds the
+    checkpoint). The reply says only whether the model was kept."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from aidmp.client.data import institution_name, node_state_dir
+    from aidmp.errors import RoundConfigError
+    from aidmp.node_config import has_own_data
+    from aidmp.privacy.he.state import WIRE_KEY
+    from aidmp.round_config import RECORD_NAME, RoundConfig
+    from aidmp.tasks import get_task
+    from aidmp.tasks.model_file import save_model
+
+    config = RoundConfig.from_record(msg.content.config_records.get(RECORD_NAME))
+    name = institution_name(context.node_config, context.node_id)
+    state_dir = node_state_dir(context, config.state_root)
+    kept = False
+    if has_own_data(context.node_config) and state_dir is not None:
+        model = get_task(config.task).build_model()
+        if WIRE_KEY in msg.content.config_records:
+            from aidmp.privacy.he.node import HeRound
+
+            HeRound.open(msg.content.config_records[WIRE_KEY], context.node_config,
+                         config).load_into(model)  # fmt: skip
+        else:
+            arrays = msg.content.array_records.get("arrays")
+            if arrays is None:
+                raise RoundConfigError("the final model arrived without its arrays")
+            model.load_state_dict(arrays.to_torch_state_dict())
+        path = kept_model_path(state_dir, config.job_id)
+        save_model(path, ModelFile(config.task, config.server_round, config.job_id,
+                                   model.state_dict()))  # fmt: skip
+        logging.getLogger("aidmp.site").info(
+            "[%s] job %s: the final model (round %d) is kept at %s",
+            name, config.job_id, config.server_round, path,
+        )  # fmt: skip
+        kept = True
+    node = ConfigRecord({"institution": name, "model-kept": kept})
+    return Message(RecordDict({"node": node}), reply_to=msg)

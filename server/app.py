@@ -48,9 +48,12 @@ def main(grid: Grid, context: Context) -> None:
         run_clustering(grid, parse_job(cfg.clustering), cfg, run_id=str(context.run_id))
         return
     from aidmp.server.federation import run_federation
+    from aidmp.server.final_model import deliver_final_model
 
     started = time.monotonic()
     report = run_federation(grid, cfg, run_id=str(context.run_id))
+    if report["rounds_completed"] == cfg.num_rounds:  # every site keeps the job's model
+        deliver_final_model(grid, cfg, str(report["job_id"]))
     _close(report, cfg, time.monotonic() - started)
 
 

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from aidmp.client.node_keys import public_key_sha256
 from aidmp.privacy.audit import AUDIT_NAME, verify_audit_log
@@ -319,11 +320,14 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         assert ledger[-1]["run_id"] == rerun
     assert released_twice >= 1
 
-    # The final model at a site: decrypted from the coordinator's checkpoint with the site's
-    # own key, scored on the site's own governed rows (aidmp model decrypt / evaluate).
-    model = fed.tmp / "site-0" / "model.pt"
-    fed.aidmp("model", "decrypt", str(ckpt), "--keys", str(keys / "institution.ckks"),
-              "--out", str(model))  # fmt: skip
+    # The final model at each site: the job's end sends it (ciphertext) to every site, and
+    # each keeps it decrypted in its state folder; site-0 scores it on its own rows.
+    assert "final model (round 3) kept by site-0, site-1, site-2" in console
+    for i in range(3):
+        kept = fed.tmp / f"site-{i}" / "state" / f"model-{report['job_id']}.pt"
+        content = torch.load(kept, weights_only=True)
+        assert (content["task"], content["round"]) == ("adult", 3)
+    model = fed.tmp / "site-0" / "state" / f"model-{report['job_id']}.pt"
     scored = fed.aidmp("model", "evaluate", str(model), "--data",
                        str(fed.tmp / "site-0" / "rows.csv"), "--policy",
                        str(bundled_policy("adult"))).stdout  # fmt: skip

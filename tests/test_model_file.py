@@ -69,3 +69,42 @@ def test_a_file_that_is_not_a_model_is_named(tmp_path):
     done = aidmp("model", "evaluate", str(tmp_path / "x.pt"), "--data", "rows.csv",
                  "--policy", str(bundled_policy("adult")))  # fmt: skip
     assert done.returncode == 2 and "not a model file aidmp wrote" in done.stderr
+
+
+def _final_model_message(cfg: RunConfig, job_id: str):
+    from flwr.app import ArrayRecord, Message, RecordDict
+
+    from aidmp.round_config import RECORD_NAME
+    from aidmp.server.round_settings import round_config_for
+
+    torch.manual_seed(0)
+    arrays = ArrayRecord(get_task("adult").build_model().state_dict())
+    content = RecordDict({RECORD_NAME: round_config_for(cfg, 4, job_id), "arrays": arrays})
+    return Message(content, dst_node_id=3, message_type="query.final_model")
+
+
+def test_a_site_keeps_the_final_model_and_a_simulated_institution_does_not(job, tmp_path):
+    """The end of a deployed job (server/final_model.py): the site keeps the model in its
+    state folder; the reply says only whether it did; the audit log records the reply."""
+    from flwr.app import Context, RecordDict
+
+    from aidmp.client.app import app
+    from aidmp.client.final_model import kept_model_path
+    from aidmp.privacy.audit import AUDIT_NAME
+
+    cfg = RunConfig(task="adult", dp=False, out_dir=str(tmp_path / "coordinator"))
+    site = {"data": str(job / "rows.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(tmp_path / "state"), "name": "site-a", "dp": False}  # fmt: skip
+
+    def context(node: dict) -> Context:
+        return Context(run_id=5, node_id=3, node_config=node, state=RecordDict(), run_config={})
+
+    reply = app(_final_model_message(cfg, "job-1"), context(site))
+    assert not reply.has_error() and reply.content.config_records["node"]["model-kept"] is True
+    kept = torch.load(kept_model_path(tmp_path / "state", "job-1"), weights_only=True)
+    assert (kept["task"], kept["round"], kept["job_id"]) == ("adult", 4, "job-1")
+    assert "query.final_model-reply" in (tmp_path / "state" / AUDIT_NAME).read_text()
+
+    simulated = {"partition-id": 0, "num-partitions": 3}
+    reply = app(_final_model_message(cfg, "job-2"), context(simulated))
+    assert reply.content.config_records["node"]["model-kept"] is False
