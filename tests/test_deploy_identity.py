@@ -59,7 +59,7 @@ def test_flower_tools_find_each_other_without_an_activated_environment(monkeypat
     assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
 
 
-def test_a_run_with_no_superlink_says_how_to_resume(tmp_path):
+def test_a_run_with_no_superlink_says_none_was_started_not_how_to_resume(tmp_path):
     import socket
 
     with socket.socket() as s:
@@ -70,7 +70,8 @@ def test_a_run_with_no_superlink_says_how_to_resume(tmp_path):
          "--insecure", "--flwr-home", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert done.returncode != 0 and "--resume" in done.stderr
+    assert done.returncode != 0 and "aidmp: no run was started" in done.stderr
+    assert "--resume" not in done.stderr  # there is no job to resume
 
 
 @pytest.mark.parametrize(
@@ -99,10 +100,12 @@ def test_aidmp_run_exits_by_how_the_run_ended_not_by_flwr_runs_exit(
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(aidmp.flower_tools, "flower_tool", lambda name: str(fake))
-    assert _flwr_run([str(fake), "run", ".", "conn", "--stream"], {}, "conn") == code
+    run = [str(fake), "run", ".", "conn", "--stream"]
+    assert _flwr_run(run, {}, "conn", resumable=True) == code
     out, err = capsys.readouterr()
     assert "a log line" in out  # Flower's output passes through
     assert said in err
+    assert ("--resume" in err) == (code != 0)  # a training job that started and failed
 
 
 @pytest.mark.parametrize(

@@ -189,8 +189,19 @@ _FLOWER_CHATTER = re.compile(
 )
 
 
+_RESUME_HINT = (
+    "aidmp: the run ended with an error. If the coordinator's SuperLink went down, restart "
+    "it (`aidmp coordinator start`, same --state) and continue the job with the same "
+    "command plus --resume; its checkpoint is in the run's out-dir"
+)
+
+
 def _flwr_run(
-    cmd: list[str], env: dict[str, str], connection: str, log_file: Path | None = None
+    cmd: list[str],
+    env: dict[str, str],
+    connection: str,
+    log_file: Path | None = None,
+    resumable: bool = False,
 ) -> int:
     """`flwr run ... --stream`, then the run's own status: `flwr run` exits 0 when the run
     it started failed (a ServerApp exception, a bad run config value), so we ask the
@@ -239,8 +250,18 @@ def _flwr_run(
     code = proc.wait()
     if log is not None:
         log.close()
-    if code != 0 or run_id is None:
+    if run_id is None:  # nothing to resume: say so, not how to resume
+        print(
+            "aidmp: no run was started: the SuperLink did not accept one (Flower's lines "
+            "above say why). Check that `aidmp coordinator start` is running there and that "
+            "--superlink and --ca are right",
+            file=sys.stderr,
+        )
         return code or 1
+    if code != 0:
+        if resumable:
+            print(_RESUME_HINT, file=sys.stderr)
+        return code
     ls = subprocess.run(
         [flower_tool("flwr"), "ls", connection, "--run-id", run_id, "--format", "json"],
         env=env, capture_output=True, text=True, timeout=60,
@@ -253,6 +274,8 @@ def _flwr_run(
         return 1
     if status.startswith("finished:") and status != "finished:completed":
         print(f"aidmp: run {run_id} {status.split(':', 1)[1]}: {details}", file=sys.stderr)
+        if resumable:
+            print(_RESUME_HINT, file=sys.stderr)
         return 1
     return 0
 
@@ -320,12 +343,4 @@ def _run_run(args: argparse.Namespace) -> int:
             return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name, log_file)
     if run_config.strip():
         cmd += ["--run-config", run_config.strip()]
-    code = _flwr_run(cmd, flwr_env(home), name, log_file)
-    if code not in (0, 130):  # 130: Ctrl-C, already explained
-        print(
-            "aidmp: the run ended with an error. If the coordinator's SuperLink went down, "
-            "restart it (`aidmp coordinator start`, same --state) and continue the job with "
-            "the same command plus --resume; its checkpoint is in the run's out-dir",
-            file=sys.stderr,
-        )
-    return code
+    return _flwr_run(cmd, flwr_env(home), name, log_file, resumable=True)
