@@ -16,11 +16,22 @@ SUMMARY_NAME = "summary.json"
 PLOT_NAME = "metrics.png"
 
 
-def _figure(final: dict[str, Any], key: str) -> str:
-    value, std = final.get(key), final.get(f"{key}_std")
-    if value is None:
-        return "-"
-    return f"{value:.4f}" + (f" ± {std:.4f} (DP)" if std is not None else "")
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    """A figure, or "-" when there is none (withheld, or never measured)."""
+    return "-" if value is None else format(value, spec)
+
+
+def fmt_noisy(value: float | None, std: float | None) -> str:
+    """A figure, with its noise std when nodes sent it noisy (under DP): "0.8412 ± 0.0100
+    (DP)"; an exact one as `fmt` writes it."""
+    if value is None or std is None:
+        return fmt(value)
+    return f"{value:.4f} ± {std:.4f} (DP)"
+
+
+def final_figure(final: dict[str, Any], key: str) -> str:
+    """`key` ("accuracy", "loss") of a report's or summary's `final`, with its noise."""
+    return fmt_noisy(final.get(key), final.get(f"{key}_std"))
 
 
 def _skipped(rounds: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
@@ -52,7 +63,7 @@ def closing_lines(report: dict[str, Any], files: Mapping[str, Path | str]) -> li
         )
     else:
         lines.append(
-            f"final accuracy {_figure(final, 'accuracy')}, loss {_figure(final, 'loss')} "
+            f"final accuracy {final_figure(final, 'accuracy')}, loss {final_figure(final, 'loss')} "
             f"({final['source']})"
         )
     privacy = report["privacy"]

@@ -27,6 +27,7 @@ from aidmp.server.checkpoint import (
     save_checkpoint,
     set_aside,
 )
+from aidmp.server.closing import fmt, fmt_noisy
 from aidmp.server.report import REPORT_NAME, run_report
 from aidmp.server.round_settings import round_config_for
 from aidmp.server.rounds import CentralEval, RoundRecord, run_rounds
@@ -35,18 +36,6 @@ from aidmp.strategies.encrypted import EncryptedFedAvg
 from aidmp.tasks import get_task, load_dataset
 
 log = getLogger("aidmp.server")
-
-
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _fmt_noisy(value: float | None, std: float | None) -> str:
-    """A figure, with its noise std when nodes sent it noisy (under DP): "0.8412 ± 0.0100
-    (DP)"; an exact one as `_fmt` writes it."""
-    if value is None or std is None:
-        return _fmt(value)
-    return f"{value:.4f} ± {std:.4f} (DP)"
 
 
 def _progress_line(
@@ -79,10 +68,10 @@ def _progress_line(
         for name, asked in sorted(rec.refused.items())
     )
     return (
-        f"round {rec.round:>3}/{num_rounds}  acc {_fmt_noisy(rec.accuracy, rec.accuracy_std)}"
-        f"  loss {_fmt_noisy(rec.loss, rec.loss_std)}"
-        f"  fed-acc {_fmt_noisy(rec.federated_accuracy, rec.federated_accuracy_std)}"
-        f"  train-loss {_fmt(rec.train_loss)}"
+        f"round {rec.round:>3}/{num_rounds}  acc {fmt_noisy(rec.accuracy, rec.accuracy_std)}"
+        f"  loss {fmt_noisy(rec.loss, rec.loss_std)}"
+        f"  fed-acc {fmt_noisy(rec.federated_accuracy, rec.federated_accuracy_std)}"
+        f"  train-loss {fmt(rec.train_loss)}"
         + (f"  (figures withheld by {rec.eval_withheld})" if rec.eval_withheld else "")
         + f"  nodes {rec.train_replies}/{rec.train_replies + failed}"
         f"  {rec.elapsed_s:5.1f}s (total {total_s:6.1f}s"

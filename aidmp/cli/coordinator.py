@@ -308,18 +308,22 @@ def _run_run(args: argparse.Namespace) -> int:
     from aidmp.flower_tools import flower_tool
     from aidmp.server.superlink import default_flwr_home, flwr_env, write_connection
 
+    def connection() -> tuple[Path, str]:  # Flower's CLI home, and the connection's name
+        home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
+        return home, write_connection(
+            home, args.superlink, None if args.insecure else Path(args.ca)
+        )
+
     if args.list or args.stop:  # through the same connection as a run
         import subprocess
 
-        home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
-        name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
+        home, name = connection()
         verb = ["ls", name] if args.list else ["stop", str(args.stop), name]
         return subprocess.run([flower_tool("flwr"), *verb], env=flwr_env(home)).returncode
     run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
     job = "analysis" if args.analysis else "clustering" if args.cluster else None
     _check_run_config(run_config, job)  # before anything is submitted: exit 2, no traceback
-    home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
-    name = write_connection(home, args.superlink, None if args.insecure else Path(args.ca))
+    home, name = connection()
     cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
     import datetime as dt
 

@@ -235,19 +235,15 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
     check_task_name(cfg.task)
     parse_partition(cfg.partition)
+    from aidmp.server.closing import final_figure
     from aidmp.simulations.runner import PLOT_NAME, SUMMARY_NAME, simulate  # heavy imports: late
 
     summary = simulate(cfg, args.institutions, verbose=args.verbose, engine=args.engine)
     final, base = summary["final"], summary["centralized_baseline"]
 
-    def figure(key: str) -> str:  # "-" when withheld, "± std (DP)" when noisy
-        value, std = final.get(key), final.get(f"{key}_std")
-        if value is None:
-            return "-"
-        return f"{value:.4f}" + (f" ± {std:.4f} (DP)" if std is not None else "")
-
     print(
-        f"final accuracy {figure('accuracy')} ({final['source']}), loss {figure('loss')}; "
+        f"final accuracy {final_figure(final, 'accuracy')} ({final['source']}), "
+        f"loss {final_figure(final, 'loss')}; "
         f"centralized baseline {base['accuracy']:.4f}; {summary['wall_seconds']:.1f}s"
     )
     privacy = summary["privacy"]
