@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aidmp.errors import AidmpError, describe_validation_error
 
@@ -19,6 +19,21 @@ StrategyName = Literal["fedavg", "fedprox", "fedavgm", "trimmed-mean", "median"]
 # (FedProx differs from FedAvg only at the nodes). FedAdam/FedYogi, which need the
 # coordinator to divide by a function of the update, are not offered at all.
 HE_STRATEGIES = ("fedavg", "fedprox", "fedavgm")
+
+
+def registered_names(text: str) -> dict[int, str]:
+    """The `node-names` run-config value: a JSON object of node id -> site name."""
+    if not text:
+        return {}
+    import json
+
+    try:
+        names = json.loads(text)
+        return {int(node): str(name) for node, name in names.items()}
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError(
+            'node-names must be a JSON object of node ids and names: {"123": "site-0"}'
+        ) from None
 
 
 class RunConfig(BaseModel):
@@ -118,6 +133,23 @@ class RunConfig(BaseModel):
     # --- clustering (server/clustering.py): a k-means job's canonical JSON; the run then
     # runs it instead of training (`aidmp run --cluster JOB.yaml` fills it in).
     clustering: str = Field("", description="a k-means job's canonical JSON: run it instead")
+    # --- deployment: the names the coordinator gave the sites' keys at `aidmp coordinator
+    # register-node --name`, so a site that never replies is named, not numbered.
+    # `aidmp run` fills it in from its connection folder.
+    node_names: str = Field(
+        "", alias="node-names", description='deployment: {"NODE_ID": "NAME", ...} as JSON'
+    )
+
+    @field_validator("node_names")
+    @classmethod
+    def _names_are_a_json_object(cls, value: str) -> str:
+        if value:
+            registered_names(value)  # raises ValueError, which pydantic reports by key
+        return value
+
+    def registered_names(self) -> dict[int, str]:
+        """node id -> the name it was registered under (empty when none were given)."""
+        return registered_names(self.node_names)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:

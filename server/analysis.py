@@ -102,12 +102,14 @@ def run_analysis(
             ),
         }
     )
-    nodes = connected_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
+    nodes = connected_nodes(
+        grid, cfg.min_available_nodes, cfg.round_timeout, cfg.registered_names()
+    )
     started = time.monotonic()
     messages, replies = ask_each(grid, nodes, content, MESSAGE_TYPE, cfg.round_timeout)
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     encrypted = EncryptedSum(public[0]) if public is not None else None
-    names: dict[int, str] = {}
+    names: dict[int, str] = cfg.registered_names()  # then as each node names itself
     partials: dict[str, Any] = {}
     charged: dict[str, dict[str, float]] = {}
     refused: dict[str, str] = {}

@@ -115,8 +115,10 @@ def run_clustering(
     if not quiet:
         print(describe_plan(plan))
     job_id = run_id or uuid.uuid4().hex[:16]
-    nodes = connected_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
-    names: dict[int, str] = {}
+    nodes = connected_nodes(
+        grid, cfg.min_available_nodes, cfg.round_timeout, cfg.registered_names()
+    )
+    names: dict[int, str] = cfg.registered_names()  # then as each node names itself
     first: dict[str, dict[str, float]] = {}
     last: dict[str, dict[str, float]] = {}
     history: list[dict[str, Any]] = []

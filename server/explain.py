@@ -95,7 +95,9 @@ def run_explanation(
     if not quiet:
         print(describe_plan(plan))
     job_id = run_id or uuid.uuid4().hex[:16]
-    nodes = connected_nodes(grid, cfg.min_available_nodes, cfg.round_timeout)
+    nodes = connected_nodes(
+        grid, cfg.min_available_nodes, cfg.round_timeout, cfg.registered_names()
+    )
     content = RecordDict(
         {
             "config": round_config_for(cfg, 1, job_id),
@@ -105,7 +107,7 @@ def run_explanation(
     )
     messages, replies = ask_each(grid, nodes, content, MESSAGE_TYPE, cfg.round_timeout)
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-    names: dict[int, str] = {}
+    names: dict[int, str] = cfg.registered_names()  # then as each node names itself
     releases: list[ExplainRelease] = []
     by_institution: dict[str, dict[str, float | None]] = {}
     rejected: list[dict[str, object]] = []

@@ -211,6 +211,7 @@ def run_federation(grid: Grid, cfg: RunConfig, run_id: str = "") -> dict[str, An
             seed=cfg.seed,
             central_eval=_central_evaluator(cfg.task) if cfg.central_eval else None,
             on_round_end=on_round_end,
+            registered_names=cfg.registered_names(),
         )
 
     report = run_report(

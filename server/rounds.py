@@ -13,7 +13,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from logging import getLogger
 from typing import Protocol, runtime_checkable
@@ -189,10 +189,18 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> I
 
 
 def _learn_names(replies: Iterable[Message], names: dict[int, str]) -> None:
-    """Remember how each node names itself, to name it if it later vanishes."""
+    """Remember how each node names itself, to name it if it later vanishes. `names`
+    starts as the names the coordinator registered (`register-node --name`); a node
+    that calls itself otherwise is named as it names itself, with a warning."""
     for m in replies:
         if not m.has_error() and "node" in m.content.config_records:
-            names[m.metadata.src_node_id] = _institution(m)
+            node, said = m.metadata.src_node_id, _institution(m)
+            if names.get(node, said) != said:
+                log.warning(
+                    "node %d was registered as %s but calls itself %s (its --name)",
+                    node, names[node], said,
+                )  # fmt: skip
+            names[node] = said
 
 
 def _sent_to(messages: list[Message]) -> dict[str, int]:
@@ -260,11 +268,13 @@ def _setting(strategy: Strategy, name: str) -> int:
     return int(getattr(inner, name, 0))
 
 
-def wait_for_nodes(grid: Grid, strategy: Strategy, timeout: float) -> None:
+def wait_for_nodes(
+    grid: Grid, strategy: Strategy, timeout: float, names: Mapping[int, str] | None = None
+) -> None:
     """Wait until `min_available_nodes` are connected. Flower's FedAvg sizes its sample
     from the nodes connected *before* it waits for them, so a round that starts while a
     node is still connecting would leave that node out (FLOWER_NOTES' sampling quirk)."""
-    connected_nodes(grid, _setting(strategy, "min_available_nodes"), timeout)
+    connected_nodes(grid, _setting(strategy, "min_available_nodes"), timeout, names)
 
 
 def _expiring(messages: Iterable[Message], ttl: float) -> list[Message]:
@@ -279,15 +289,19 @@ def _expiring(messages: Iterable[Message], ttl: float) -> list[Message]:
     return out
 
 
-def connected_nodes(grid: Grid, wanted: int, timeout: float) -> list[int]:
-    """The connected nodes, once `wanted` are connected or `timeout` seconds have passed."""
+def connected_nodes(
+    grid: Grid, wanted: int, timeout: float, names: Mapping[int, str] | None = None
+) -> list[int]:
+    """The connected nodes, once `wanted` are connected or `timeout` seconds have passed.
+    `names`: node id -> site name, for the waiting line."""
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
     said = -1
     while len(nodes) < wanted and time.monotonic() < deadline:
         if len(nodes) != said:  # a line when the count changes, not every poll
             said = len(nodes)
-            connected = ": " + ", ".join(f"node-{n}" for n in sorted(nodes)) if nodes else ""
+            named = sorted((names or {}).get(n, f"node-{n}") for n in nodes)
+            connected = ": " + ", ".join(named) if nodes else ""
             log.info("waiting for %d node(s) to connect (%d connected%s)", wanted, said, connected)
         time.sleep(0.2)
         nodes = list(grid.get_node_ids())
@@ -416,13 +430,16 @@ def run_rounds(
     seed: int,
     central_eval: CentralEval | None,
     on_round_end: Callable[[RoundRecord, ArrayRecord], None],
+    registered_names: Mapping[int, str] | None = None,
 ) -> ArrayRecord:
     """Run rounds `first_round..last_round`; returns the final global arrays.
 
     `round_config(rnd)` builds a fresh ConfigRecord for each send (strategies add
     keys to it), with what a node needs to find its data and train.
+    `registered_names`: node id -> the site's name at `register-node --name`.
     """
-    names: dict[int, str] = {}  # node id -> institution, as nodes name themselves
+    # node id -> institution: as registered, then as each node names itself
+    names: dict[int, str] = dict(registered_names or {})
     # Fewer updates than this are never aggregated: Flower's FedAvg would average even
     # one, and a mean of one update is that institution's update, to everyone who can
     # read the global model (every node, under HE).
@@ -434,7 +451,7 @@ def run_rounds(
         # repeatable, and a resumed run sample exactly as an uninterrupted one.
         random.seed(seed * 100_003 + rnd)
         record = RoundRecord(round=rnd)
-        wait_for_nodes(grid, strategy, timeout)
+        wait_for_nodes(grid, strategy, timeout, names)
 
         # --- training at the institutions -----------------------------------
         messages = _expiring(

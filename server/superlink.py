@@ -10,11 +10,14 @@ through a Flower connection written to `$FLWR_HOME/config.toml`.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 
+from aidmp.atomic import atomic_write_json
 from aidmp.errors import AidmpError
 from aidmp.flower_tools import flower_env, flower_tool
 from aidmp.server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
@@ -76,33 +79,78 @@ _UNAVAILABLE = "Connection to the SuperLink is unavailable"
 
 
 def register_node(
-    public_key: Path, superlink: str, ca: Path | None, flwr_home: Path, wait: float = 60.0
+    public_key: Path,
+    superlink: str,
+    ca: Path | None,
+    flwr_home: Path,
+    wait: float = 60.0,
+    name: str | None = None,
 ) -> str:
-    """Register a node's public key with the SuperLink; returns Flower's answer.
+    """Register a node's public key with the SuperLink; returns what to tell the user.
 
     A SuperLink that is still starting gets up to `wait` seconds to answer, so a script
-    can start the coordinator and register its nodes right after."""
+    can start the coordinator and register its nodes right after. With a `name`, the
+    node id Flower gives the key is recorded under that name (`registered_node_names`),
+    so `aidmp run` can name a site that never replies."""
     if not public_key.is_file():
         raise AidmpError(
             f"no public key at {public_key}; the node makes it with `aidmp node keygen`"
         )
-    name = write_connection(flwr_home, superlink, ca)
+    if name is not None and not _SITE_NAME.fullmatch(name):
+        raise AidmpError(
+            f"--name {name!r}: use letters, digits, '.', '_' and '-' (e.g. site-0), "
+            "at most 64 characters"
+        )
+    connection = write_connection(flwr_home, superlink, ca)
+    cmd = [flower_tool("flwr"), "supernode", "register", str(public_key), connection]
     deadline = time.monotonic() + wait
     while True:
         result = subprocess.run(
-            [flower_tool("flwr"), "supernode", "register", str(public_key), name],
+            [*cmd, *(["--name", name] if name else [])],
             env=flwr_env(flwr_home), capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         if _UNAVAILABLE not in result.stdout + result.stderr or time.monotonic() > deadline:
             break
         time.sleep(2)
-    if _UNAVAILABLE in result.stdout + result.stderr:
+    said = (result.stdout + result.stderr).strip()
+    if _UNAVAILABLE in said:
         raise AidmpError(
             f"no SuperLink answers at {superlink} (waited {wait:g} s); is "
             "`aidmp coordinator start` running there, and is the port open?"
         )
     if result.returncode != 0:
+        raise AidmpError(f"registering {public_key} failed: {said[-400:]}")
+    found = re.search(r"SuperNode (\d+) registered", said)
+    if name is None:
+        return result.stdout.strip()
+    if found is None:
+        return f"{result.stdout.strip()}\n(no node id in Flower's answer: {name} not recorded)"
+    node_id = int(found.group(1))
+    _record_node_name(flwr_home, superlink, node_id, name)
+    return f"registered {public_key} as {name} (SuperNode {node_id})"
+
+
+# A site's name travels in the run config and is shown on consoles and in reports.
+_SITE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAMES_FILE = "node-names.json"  # {superlink address: {node id: name}}, in FLWR_HOME
+
+
+def _record_node_name(flwr_home: Path, superlink: str, node_id: int, name: str) -> None:
+    path = flwr_home / _NAMES_FILE
+    every = json.loads(path.read_text()) if path.is_file() else {}
+    every.setdefault(superlink, {})[str(node_id)] = name
+    atomic_write_json(path, every)
+
+
+def registered_node_names(flwr_home: Path, superlink: str) -> dict[str, str]:
+    """node id -> name, as `register-node --name` recorded them for this SuperLink."""
+    path = flwr_home / _NAMES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get(superlink, {}))
+    except (ValueError, AttributeError) as exc:
         raise AidmpError(
-            f"registering {public_key} failed: {(result.stdout + result.stderr).strip()[-400:]}"
-        )
-    return result.stdout.strip()
+            f"{path} is not the JSON that `register-node --name` writes ({exc}); "
+            "delete it and register the nodes' names again"
+        ) from None

@@ -242,3 +242,62 @@ def test_aidmp_run_keeps_flowers_own_chatter_in_a_log_file(tmp_path, monkeypatch
     assert f"go to {log}" in console
     kept = log.read_text()
     assert kept.count("Sampled 3 nodes") == 2 and "round   1/3" in kept
+
+
+def test_a_name_given_at_registration_goes_into_every_run_on_that_superlink(tmp_path, monkeypatch):
+    """`register-node --name site-0` records the node id Flower gives the key under that
+    name; `aidmp run` hands the names to the ServerApp (run config `node-names`), so a
+    site that never replies is named, not numbered (a stand-in `flwr` answers as Flower
+    does and records what it was asked)."""
+    import json
+    import stat
+
+    import aidmp.flower_tools
+    from tests.inprocess_cli import aidmp as cli
+
+    asked = tmp_path / "asked"
+    fake = tmp_path / "flwr"
+    fake.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do echo "$a" >> {asked}; done\n'
+        'echo "SuperNode 1234567 registered successfully."\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(aidmp.flower_tools, "flower_tool", lambda name: str(fake))
+    home = tmp_path / "home"
+    link = ("--superlink", "127.0.0.1:9", "--insecure", "--flwr-home", str(home))
+    node_keygen(tmp_path / "node.key")
+    pub = str(tmp_path / "node.key.pub")
+    done = cli("coordinator", "register-node", pub, "--name", "site-0", *link)
+    assert done.returncode == 0 and "as site-0 (SuperNode 1234567)" in done.stdout
+    assert asked.read_text().splitlines()[-2:] == ["--name", "site-0"]  # Flower's too
+
+    bad = cli("coordinator", "register-node", pub, "--name", "site 0;rm", *link)
+    assert bad.returncode == 2 and "letters, digits" in bad.stderr
+
+    asked.unlink()
+    cli("run", *link, "--run-config", "num-rounds=1")  # the stand-in starts no run
+    args = asked.read_text().splitlines()
+    run_config = args[args.index("--run-config") + 1]
+    assert run_config.startswith("num-rounds=1 node-names=")
+    from flwr.common.config import parse_config_args
+
+    from aidmp.config import RunConfig
+
+    cfg = RunConfig.from_flower(parse_config_args([run_config]))
+    assert cfg.registered_names() == {1234567: "site-0"}
+    asked.unlink()  # another SuperLink: its own names (none)
+    cli("run", "--superlink", "127.0.0.1:10", "--insecure", "--flwr-home", str(home))
+    assert "--stream" in asked.read_text() and "node-names" not in asked.read_text()
+    assert json.loads((home / "node-names.json").read_text()) == {
+        "127.0.0.1:9": {"1234567": "site-0"}
+    }
+
+
+def test_node_names_in_a_run_config_must_be_a_json_object_of_ids():
+    from aidmp.config import RunConfig
+
+    with pytest.raises(AidmpError, match="node-names"):
+        RunConfig.from_flower({"node-names": "site-0"})
+    with pytest.raises(AidmpError, match="node-names"):
+        RunConfig.from_flower({"node-names": '{"abc": "site-0"}'})
+    assert RunConfig.from_flower({}).registered_names() == {}

@@ -303,3 +303,29 @@ def test_a_round_waits_for_min_available_nodes_even_behind_the_client_dp_wrapper
     started, grid = time.monotonic(), _Connecting(total=1)
     wait_for_nodes(grid, build_strategy(RunConfig(min_available_nodes=3)), timeout=0.5)
     assert time.monotonic() - started < 5  # gives up at the timeout; the round goes on
+
+
+def test_the_waiting_line_and_a_lost_node_use_the_names_registered_at_the_coordinator(caplog):
+    """Names from `register-node --name` (run config node-names): a node that never
+    replied is named in the waiting line and in a round's failures, not numbered."""
+    from aidmp.server.rounds import _learn_names, _silent, connected_nodes
+
+    grid = _Connecting(total=2)  # nodes 1 and 2
+    names = {1: "site-0"}
+    with caplog.at_level("INFO", logger="aidmp.server"):
+        connected_nodes(grid, 3, timeout=0.6, names=names)
+    assert "(1 connected: site-0)" in caplog.text
+    assert "(2 connected: node-2, site-0)" in caplog.text
+
+    sent = Message(RecordDict(), dst_node_id=1, message_type="train")
+    sent.metadata.__dict__["_message_id"] = "m-1"
+    (silent,) = _silent([sent], [], 30.0, names)  # it never replied
+    assert silent["institution"] == "site-0"
+    reply = Message(
+        RecordDict({"node": ConfigRecord({"institution": "hospital-a"})}), reply_to=sent
+    )
+    reply.metadata.__dict__["_src_node_id"] = 1
+    caplog.clear()
+    _learn_names([reply], names)  # it calls itself otherwise: its own name, and a warning
+    assert names[1] == "hospital-a"
+    assert "registered as site-0 but calls itself hospital-a" in caplog.text

@@ -53,6 +53,11 @@ def add_coordinator(sub: argparse._SubParsersAction) -> None:
     reg.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for a SuperLink still starting"
     )
+    reg.add_argument(
+        "--name",
+        help="the site's name (e.g. site-0): `aidmp run` uses it for the site even when it "
+        "never replies",
+    )
     _connection_args(reg)
     reg.set_defaults(handler=_run_coordinator)
 
@@ -80,7 +85,11 @@ def _run_coordinator(args: argparse.Namespace) -> int:
         os.execve(cmd[0], cmd, flower_env())  # the SuperLink takes over
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     ca = None if args.insecure else Path(args.ca)
-    print(register_node(Path(args.public_key), args.superlink, ca, home, wait=args.wait))
+    print(
+        register_node(
+            Path(args.public_key), args.superlink, ca, home, wait=args.wait, name=args.name
+        )
+    )
     return 0
 
 
@@ -302,6 +311,21 @@ def _check_run_config(run_config: str, job: str | None = None) -> None:
     RunConfig.from_flower(pairs | ({job: "{}"} if job else {}))
 
 
+def _with_node_names(run_config: str, args: argparse.Namespace) -> str:
+    """The run config plus `node-names`: the names `register-node --name` recorded for
+    this SuperLink (unless the run config names the nodes itself)."""
+    import json
+    from pathlib import Path
+
+    from aidmp.server.superlink import default_flwr_home, registered_node_names
+
+    home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
+    names = registered_node_names(home, args.superlink)
+    if not names or "node-names" in run_config:
+        return run_config
+    return f"{run_config} node-names='{json.dumps(names, sort_keys=True)}'"
+
+
 def _run_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -321,6 +345,7 @@ def _run_run(args: argparse.Namespace) -> int:
         verb = ["ls", name] if args.list else ["stop", str(args.stop), name]
         return subprocess.run([flower_tool("flwr"), *verb], env=flwr_env(home)).returncode
     run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
+    run_config = _with_node_names(run_config, args)
     job = "analysis" if args.analysis else "clustering" if args.cluster else None
     _check_run_config(run_config, job)  # before anything is submitted: exit 2, no traceback
     home, name = connection()
