@@ -8,8 +8,9 @@ simulation its partition of the task's raw rows with the run's scenario applied.
 The pipeline's result is cached by a fingerprint of the data (its file's size and
 modification time, or the simulated split) and the policy's SHA-256: unchanged
 data is not scanned again. The full report is written to the node's state folder
-when the data is scanned; a declined node raises GovernanceError (code 105) with
-reasons that carry no values and no small counts.
+when the data is scanned (the latest, and one per job and round it was scanned for);
+a declined node raises GovernanceError (code 105) with reasons that carry no values
+and no small counts.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def governed_data(
         _cache.move_to_end(cache_key)
         governed = _cache[cache_key]
     else:
-        governed = _run(load, key, policy, sha, task, split_seed, state_dir)
+        made_for = (config.job_id, config.server_round)
+        governed = _run(load, key, policy, sha, task, split_seed, state_dir, made_for)
         _cache[cache_key] = governed
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
@@ -146,7 +148,7 @@ def _source(
 
 def _run(
     load: Any, key: tuple[Any, ...], policy: Policy, sha: str, task: Any, seed: int,
-    state_dir: Path | None,
+    state_dir: Path | None, made_for: tuple[str, int],
 ) -> Governed:  # fmt: skip
     frame = load()
     try:
@@ -161,7 +163,8 @@ def _run(
         ) from None
     if state_dir is not None:  # the full report stays here, at the institution
         source = key[1] if key[0] == "file" else f"simulated split {key[1:]}"
-        write_reports(local_report(result, policy, sha, str(source)), state_dir)
+        report = local_report(result, policy, sha, str(source), *made_for)
+        write_reports(report, state_dir)
     summary = coordinator_summary(result, policy, sha)
     if not result.admitted:
         empty = LocalData(*(pd.DataFrame().to_numpy(),) * 4)

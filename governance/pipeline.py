@@ -59,6 +59,9 @@ class GovernanceResult:
     missing_rates: dict[str, float] = field(default_factory=dict)
     missing_counts: dict[str, int] = field(default_factory=dict)
     outliers_flagged: int = 0
+    # column -> rows flagged on it (robust: over the threshold on that column; isolation
+    # forest: the flagged rows whose most unusual value is in that column). Local only.
+    outliers_by_column: dict[str, int] = field(default_factory=dict)
     k_achieved: int | None = None
     rows_in: int = 0
 
@@ -256,17 +259,26 @@ class _Run:
         if spec.method == "none" or not numeric or self.frame.empty:
             return
         values = self.frame[numeric].astype("float64")
+        score = _robust_scores(values)
         if spec.method == "robust":
-            median = values.median()
-            mad = (values - median).abs().median() * 1.4826
-            score = (values - median).abs() / mad.replace(0, np.nan)
-            flagged = (score > spec.threshold).any(axis=1)
+            over = score > spec.threshold
+            flagged = over.any(axis=1)
+            by_column = over.sum()
         else:
             from sklearn.ensemble import IsolationForest  # heavy: only when asked for
 
             filled = values.fillna(values.median())
             forest = IsolationForest(random_state=0, n_estimators=100)
             flagged = pd.Series(forest.fit_predict(filled.to_numpy()) == -1, index=values.index)
+            # The forest scores whole rows; to say where a flagged row is unusual, name
+            # its column farthest from the median (in robust, else standard, units).
+            spread = values.std().replace(0, np.nan)
+            fallback = (values - values.median()).abs() / spread
+            unusual = score.fillna(fallback).fillna(-1.0)[flagged]
+            by_column = unusual.idxmax(axis=1).value_counts() if len(unusual) else pd.Series()
+        self.result.outliers_by_column = {
+            str(c): int(by_column.get(c, 0)) for c in numeric if int(by_column.get(c, 0))
+        }
         self.result.outliers_flagged = int(flagged.sum())
         if spec.action == "drop":
             self.remove("outliers", flagged, spec.method)
@@ -535,6 +547,15 @@ def _profile(frame: pd.DataFrame, hidden: set[str] | None = None) -> dict[str, d
                 info["top"] = "withheld: the column holds identifiers"
         out[str(column)] = info
     return out
+
+
+def _robust_scores(values: pd.DataFrame) -> pd.DataFrame:
+    """|value - median| / (1.4826 MAD) per column: about a z-score for normal data, and
+    not pulled by the outliers themselves. NaN where the MAD is 0 (a mostly constant
+    column: its few other values are not called outliers by this rule)."""
+    median = values.median()
+    mad = (values - median).abs().median() * 1.4826
+    return (values - median).abs() / mad.replace(0, np.nan)
 
 
 def _small_groups(frame: pd.DataFrame, qi: list[str], k: int) -> pd.Series:

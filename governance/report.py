@@ -15,8 +15,7 @@ cell (governance/cells.py). The HTML report escapes everything it shows.
 
 from __future__ import annotations
 
-import html
-import json
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +74,16 @@ def coordinator_summary(
 
 
 def local_report(
-    result: GovernanceResult, policy: Policy, policy_sha256: str, source: str
+    result: GovernanceResult,
+    policy: Policy,
+    policy_sha256: str,
+    source: str,
+    job_id: str = "",
+    server_round: int | None = None,
 ) -> dict[str, Any]:
     """Everything, for the institution's own staff: exact counts, examples, findings.
-    What came from the data (column names, example and frequent values) is inert."""
+    What came from the data (column names, example and frequent values) is inert.
+    `job_id` and `server_round`: what the data was governed for (none: a local check)."""
     from_data = inert_tree(
         {
             "tags": result.tags,
@@ -87,7 +92,11 @@ def local_report(
             **result.report,
         }
     )
+    spec = policy.outliers
     return {
+        "generated_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "job_id": job_id,
+        "round": server_round,
         "source": source,
         "policy_sha256": policy_sha256,
         "decision": "admit" if result.admitted else "decline",
@@ -96,70 +105,45 @@ def local_report(
         "rows_used": len(result.frame) if result.admitted else 0,
         "removed": result.removed,
         "outliers_flagged": result.outliers_flagged,
+        "outliers": {
+            "method": spec.method,
+            "threshold": spec.threshold,
+            "action": spec.action,
+            "by_column": inert_tree(result.outliers_by_column),
+        },
         "k_anonymity": None
         if policy.k_anonymity is None
-        else {"k": policy.k_anonymity.k, "achieved": result.k_achieved},
+        else {
+            "k": policy.k_anonymity.k,
+            "achieved": result.k_achieved,
+            "quasi_identifiers": inert_tree(list(policy.k_anonymity.quasi_identifiers)),
+            "action": policy.k_anonymity.action,
+        },
         **from_data,
         "sent_to_coordinator": coordinator_summary(result, policy, policy_sha256),
     }
 
 
+HISTORY = "governance-reports"  # one report per job and round, beside the latest
+
+
 def write_reports(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
-    """The local report as JSON and as a page people can read; both stay on site."""
+    """The local report as JSON and as a page people can read; both stay on site.
+
+    `governance-report.{json,html}` is the latest. A report made for a job's round is
+    also kept as `governance-reports/<job>-round-<NNN>.{json,html}`, listed (newest
+    first) in `governance-reports/index.html`, so no round's report is overwritten."""
+    from aidmp.governance.report_html import render_history, render_report
+
     folder.mkdir(parents=True, exist_ok=True)
+    page = render_report(report).encode()
     json_path, html_path = folder / REPORT_JSON, folder / REPORT_HTML
     atomic_write_json(json_path, report)
-    atomic_write_bytes(html_path, render_html(report).encode())
+    atomic_write_bytes(html_path, page)
+    if report.get("job_id"):
+        history = folder / HISTORY
+        stem = f"{report['job_id']}-round-{int(report.get('round') or 0):03d}"
+        atomic_write_json(history / f"{stem}.json", report)
+        atomic_write_bytes(history / f"{stem}.html", page)
+        atomic_write_bytes(history / "index.html", render_history(history).encode())
     return json_path, html_path
-
-
-def _rows(mapping: dict[str, Any]) -> str:
-    return "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v, default=str))}</td></tr>"
-        for k, v in mapping.items()
-    )
-
-
-def render_html(report: dict[str, Any]) -> str:
-    decision = report["decision"]
-    colour = "#1a7f37" if decision == "admit" else "#cf222e"
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in report["reasons"]) or "<li>none</li>"
-    steps = "".join(f"<tr><td>{html.escape(json.dumps(s, default=str))}</td></tr>"
-                    for s in report.get("steps", []))  # fmt: skip
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Governance report</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}
-</style></head><body>
-<h1>Governance report</h1>
-<p>Data: {html.escape(str(report["source"]))}<br>Policy SHA-256:
-<code>{html.escape(report["policy_sha256"])}</code></p>
-<h2 style="color:{colour}">Decision: {html.escape(decision)}</h2>
-<h3>Reasons</h3><ul>{reasons}</ul>
-<h3>Rows</h3><table>{
-        _rows(
-            {
-                "in": report["rows_in"],
-                "used": report["rows_used"],
-                **{f"removed: {k}": v for k, v in report["removed"].items()},
-                "outliers flagged": report["outliers_flagged"],
-            }
-        )
-    }</table>
-<h3>Columns</h3><table>{
-        _rows(
-            {
-                c: {
-                    "tag": t,
-                    "pii": report["pii"].get(c),
-                    "missing": round(report["missing_rates"].get(c, 0.0), 4),
-                }
-                for c, t in report["tags"].items()
-            }
-        )
-    }</table>
-<h3>Steps</h3><table>{steps}</table>
-<h3>Sent to the coordinator</h3><table>{_rows(report["sent_to_coordinator"])}</table>
-<p>This page stays at the institution.</p>
-</body></html>
-"""

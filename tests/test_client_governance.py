@@ -34,13 +34,12 @@ def site(tmp_path_factory):
     return folder
 
 
-def _train(site, node_config, seed=0):
+def _train(site, node_config, seed=0, rnd=1, job_id=""):
     cfg = RunConfig(task="adult", dp=False, out_dir=str(site / "run"), seed=seed)
     torch.manual_seed(0)
     model = get_task("adult").build_model()
-    content = RecordDict(
-        {"arrays": ArrayRecord(model.state_dict()), "config": round_config_for(cfg, 1)}
-    )
+    config = round_config_for(cfg, rnd, job_id)
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config})
     msg = Message(content, dst_node_id=3, message_type="train")
     # A node with its own data always states its DP choice (`node start --no-dp` here).
     node_config = {"dp": "false"} | node_config
@@ -68,6 +67,42 @@ def test_a_node_trains_on_its_governed_file_and_reports_aggregates(site, monkeyp
     _train(site, node)  # the same file and policy: not scanned again
     assert len(calls) == 1
     assert verify_audit_log(site / "state" / AUDIT_NAME) == []
+
+
+def test_the_privacy_officer_gets_a_report_for_each_job_and_round(site, monkeypatch):
+    """Each scan's report says when, for which job and round, and what was decided; k
+    as asked and achieved; outliers per column; tables, not JSON. Every round's report
+    is kept, and an index lists them. (A deployed node scans in every round: each
+    message is a new process, so the cache is empty; here it is emptied by hand.)"""
+    from aidmp.governance.report import HISTORY
+
+    state = site / "state-officer"
+    node = {"data": str(site / "rows.csv"), "policy": str(bundled_policy("adult")),
+            "state-dir": str(state), "name": "hospital-a"}  # fmt: skip
+    for rnd in (1, 2):
+        monkeypatch.setattr(governed_module, "_cache", type(governed_module._cache)())
+        assert not _train(site, node, rnd=rnd, job_id="job7").has_error()
+    history = state / HISTORY
+    assert sorted(p.name for p in history.glob("*.html")) == [
+        "index.html", "job7-round-001.html", "job7-round-002.html"
+    ]  # fmt: skip
+    report = json.loads((history / "job7-round-002.json").read_text())
+    assert (report["job_id"], report["round"], report["decision"]) == ("job7", 2, "admit")
+    assert report["generated_at"].endswith("Z")
+    by_column = report["outliers"]["by_column"]
+    assert by_column and sum(by_column.values()) >= report["outliers_flagged"] > 0
+    page = (history / "job7-round-002.html").read_text()
+    assert "job job7, round 2" in page and "Decision: admit" in page
+    k = report["k_anonymity"]
+    assert k["achieved"] >= k["k"] == 5
+    assert f'<td class="n">5</td><td class="n">{k["achieved"]}</td><td>met</td>' in page
+    top = max(by_column, key=by_column.get)
+    assert f'<td>{top}</td><td class="n">{by_column[top]:,}</td>' in page  # per column
+    assert '{"' not in page and "&quot;" not in page  # tables, not JSON strings
+    latest = (state / "governance-report.html").read_text()
+    assert latest == page  # the latest is round 2's
+    index = (history / "index.html").read_text()
+    assert index.index("job7-round-002.html") < index.index("job7-round-001.html")
 
 
 def test_an_unreadable_file_is_a_decline_not_a_crash(site):

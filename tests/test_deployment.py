@@ -10,6 +10,7 @@ on one federation. The test prints its wall time.
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -125,7 +126,7 @@ class Federation:
         """The site makes its key pair; the coordinator registers the public half."""
         key = self.tmp / f"{name}.key"
         self.aidmp("node", "keygen", "--out", str(key))
-        self.aidmp("coordinator", "register-node", f"{key}.pub", *self.link)
+        self.aidmp("coordinator", "register-node", f"{key}.pub", "--name", name, *self.link)
         return key
 
     def site(self, i: int, rows) -> Path:
@@ -242,6 +243,8 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     )
     run = fed.submit(run_config)
     _wait_for("the waiting line", lambda: "waiting for 3 node(s)" in fed.log("run"), 300, run)
+    # The sites are named as the coordinator registered them, though none has replied yet.
+    assert re.search(r"waiting for 3 node\(s\) to connect \(\d connected: site-", fed.log("run"))
     fed.start_site(2, *site_keys)
 
     def checkpoint_at(rnd: int):
@@ -301,6 +304,10 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     assert lost["institution"] == "site-2"  # named, though the SuperLink reported it
     assert third["aggregated"] and "site-2" in third["governance"]  # rejoined
     assert set(report["governance"]["by_institution"]) == {"site-0", "site-1", "site-2"}
+    # Each site's privacy officer: a governance report for every round it governed.
+    history = fed.tmp / "site-0" / "state" / "governance-reports"
+    kept = {p.name for p in history.glob(f"{report['job_id']}-round-*.html")}
+    assert {f"{report['job_id']}-round-00{r}.html" for r in (1, 2, 3)} <= kept
 
     rerun = report["runs"][1]["run_id"]
     released_twice = 0

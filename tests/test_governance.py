@@ -214,6 +214,18 @@ def test_robust_outliers_are_flagged_or_dropped():
     assert drop.removed["outliers"] >= 5
 
 
+def test_outliers_are_counted_per_column_for_the_local_report():
+    """Robust: each column's own count over the threshold. Isolation forest scores whole
+    rows: each flagged row is counted at its most unusual column."""
+    frame = _frame(200)
+    frame.loc[:4, "age"] = 119
+    robust = govern(frame, _policy(outliers={"method": "robust", "threshold": 3.5}), SECRET)
+    assert robust.outliers_by_column.get("age", 0) >= 5
+    forest = govern(frame, _policy(outliers={"method": "isolation-forest"}), SECRET)
+    assert sum(forest.outliers_by_column.values()) == forest.outliers_flagged > 0
+    assert forest.outliers_by_column.get("age", 0) >= 5
+
+
 def test_too_few_rows_decline():
     result = govern(_frame(4), _policy(), SECRET)
     assert not result.admitted and result.reasons[-1].startswith("rows: fewer than 10 left")

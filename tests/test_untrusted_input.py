@@ -22,7 +22,8 @@ from aidmp.errors import AidmpError, DeclineCode, PrivacyError
 from aidmp.governance.draft import draft_policy
 from aidmp.governance.pipeline import govern
 from aidmp.governance.policy import GovernanceError, Policy, load_policy
-from aidmp.governance.report import coordinator_summary, local_report, render_html
+from aidmp.governance.report import coordinator_summary, local_report
+from aidmp.governance.report_html import render_report
 from aidmp.governance.scenarios import made_up_pii
 from aidmp.server.round_settings import round_config_for
 from aidmp.simulations.runner import bundled_policy
@@ -258,7 +259,7 @@ def test_reports_and_the_summary_hold_no_formula_and_no_huge_cell():
         assert not key.split(":", 1)[-1].startswith(FORMULA), key
     for entry in summary["pii-columns"]:
         assert not entry.startswith(FORMULA)
-    page = render_html(report)
+    page = render_report(report)
     assert "<script>" not in page and len(page) < 200_000
 
 
