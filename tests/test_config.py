@@ -44,3 +44,16 @@ def test_an_encrypted_query_or_clustering_job_needs_keys_not_training_settings()
             RunConfig.from_flower({"he": True, **job})
     with pytest.raises(AidmpError, match="central-eval=false"):
         RunConfig.from_flower({"he": True, "he-keys": "k"})
+
+
+def test_the_app_bundle_aidmp_run_submits_is_this_projects_app_without_code(tmp_path):
+    """`aidmp run` submits a pyproject.toml only: the same components and run-config
+    defaults as this project's, and no module for a site to import."""
+    from aidmp.server.app_bundle import write_app_bundle
+
+    folder = write_app_bundle(tmp_path)
+    assert [p.name for p in folder.iterdir()] == ["pyproject.toml"]
+    bundle = tomllib.loads((folder / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    ours = tomllib.loads(PYPROJECT.read_text())
+    assert bundle["components"] == ours["tool"]["flwr"]["app"]["components"]
+    assert bundle["config"] == ours["tool"]["flwr"]["app"]["config"]

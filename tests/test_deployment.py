@@ -46,6 +46,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _client_apps_running() -> set[str]:
+    """How the ClientApp processes now running were started: ours (the node's installed
+    aidmp, client/pinned_clientapp.py) or Flower's own `flwr-clientapp`."""
+    kinds = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if b"aidmp.client.pinned_clientapp" in args:
+                kinds.add("pinned")
+            elif any(a.endswith(b"/flwr-clientapp") for a in args[:2]):
+                kinds.add("flower's")
+    return kinds
+
+
 def _wait_for(what: str, ready, timeout: float, *alive: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -250,7 +264,15 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     def checkpoint_at(rnd: int):
         return lambda: ckpt.exists() and load_checkpoint(ckpt).round >= rnd
 
-    _wait_for("round 1", checkpoint_at(1), 300, run)
+    client_apps: set[str] = set()  # watched while round 1 trains
+
+    def round_1_watching_client_apps() -> bool:
+        client_apps.update(_client_apps_running())
+        return checkpoint_at(1)()
+
+    _wait_for("round 1", round_1_watching_client_apps, 300, run)
+    # The sites ran the aidmp they installed, never the App bundle's (which has no code).
+    assert client_apps == {"pinned"}, client_apps
     fed.kill("site-2")  # gone without a word, in round 2
     _wait_for("round 2", checkpoint_at(2), 300, run)
     fed.start_site(2, *site_keys)  # back: Flower knows it by its key; round 3 waits for it

@@ -213,3 +213,55 @@ def test_distributed_dp_only_where_the_node_agreed_to_share_out_its_noise(
     else:
         assert not reply.has_error(), reply.error.reason
         assert UPDATE_KEY in reply.content and not reply.content.array_records
+
+
+def _install_bundle(tmp_path, clientapp_ref, files):
+    """Build an App bundle with Flower's own builder and unpack it as a node's
+    flwr-clientapp does (Flower's installer, into FLWR_HOME)."""
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.cli.install import install_from_fab
+
+    from aidmp.server.app_bundle import write_app_bundle
+
+    app = write_app_bundle(tmp_path / "bundle")
+    toml = app / "pyproject.toml"
+    toml.write_text(toml.read_text().replace("aidmp.flower_app:client_app", clientapp_ref))
+    for name, text in files.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    fab = build_fab_from_disk(app)
+    installed = install_from_fab(fab, skip_prompt=True)
+    import hashlib
+
+    return installed, ("aidmp/aidmp", "0.1.0", hashlib.sha256(fab).hexdigest())
+
+
+def test_a_node_runs_its_installed_client_app_never_the_bundles_code(tmp_path, monkeypatch):
+    """The coordinator's App bundle chooses no code at a node: a bundle carrying its own
+    `aidmp` (and an `opacus`) still gets this installation's ClientApp, with the bundle's
+    folder kept off sys.path; a bundle naming another ClientApp is refused."""
+    from flwr.clientapp.client_app import LoadClientAppError
+
+    import aidmp.client.app
+    from aidmp.client.pinned_clientapp import pinned_clientapp_folder, pinned_loader
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    evil = {"aidmp/__init__.py": "", "aidmp/flower_app.py": "client_app = 'EVIL'\n",
+            "opacus/__init__.py": "raise SystemExit('EVIL')\n"}  # fmt: skip
+    installed, fab = _install_bundle(tmp_path / "a", "aidmp.flower_app:client_app", evil)
+    assert (installed / "aidmp" / "flower_app.py").is_file()  # Flower did unpack it
+    path_before = list(sys.path)
+    assert pinned_loader()(*fab) is aidmp.client.app.app
+    assert sys.path == path_before and str(installed) not in sys.path
+
+    _, other = _install_bundle(tmp_path / "b", "evil:client_app", {"evil.py": "client_app = 1\n"})
+    with pytest.raises(LoadClientAppError, match="names 'evil:client_app'"):
+        pinned_loader()(*other)
+
+    # `aidmp node start` puts this in flwr-clientapp's place on the SuperNode's PATH.
+    folder = pinned_clientapp_folder(tmp_path / "bin")
+    script = (folder / "flwr-clientapp").read_text()
+    assert sys.executable in script and "-m aidmp.client.pinned_clientapp" in script
+    help_text = subprocess.run([str(folder / "flwr-clientapp"), "--help"],
+                               capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert help_text.returncode == 0 and "--runtime-api-address" in help_text.stdout

@@ -30,6 +30,16 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
+_BUNDLE_FILES = """
+import io, tempfile, zipfile
+from pathlib import Path
+from flwr.cli.build import build_fab_from_disk
+from aidmp.server.app_bundle import write_app_bundle
+fab = build_fab_from_disk(write_app_bundle(Path(tempfile.mkdtemp())))
+print(*sorted(zipfile.ZipFile(io.BytesIO(fab)).namelist()))
+"""
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_only_aidmp_and_simulates_from_outside_the_repo(tmp_path):
     wheels = tmp_path / "wheels"
@@ -76,6 +86,13 @@ def test_the_wheel_installs_only_aidmp_and_simulates_from_outside_the_repo(tmp_p
     )
     assert where.returncode == 0, where.stderr
     assert Path(where.stdout.strip()).is_relative_to(site), where.stdout
+
+    # What `aidmp run` submits from here: an App bundle of settings, with no code.
+    bundle = subprocess.run(
+        [python, "-c", _BUNDLE_FILES], cwd=outside, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert bundle.stdout.split() == [".info/CONTENT", "pyproject.toml"], bundle.stderr[-2000:]
 
     out = outside / "X"
     # The in-process engine: the point is the installed package, and Ray's own start-up

@@ -97,7 +97,11 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="coordinator: submit a run to the SuperLink and follow it")
     _connection_args(p)
     p.add_argument("--run-config", default="", help='e.g. "num-rounds=5 he=true dp=true"')
-    p.add_argument("--app", default=".", help="the Flower App folder (this project)")
+    p.add_argument(
+        "--app",
+        help="a Flower App folder to bundle instead of aidmp's own (default: a bundle with "
+        "no code; the coordinator and the sites run the aidmp they installed)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -128,16 +132,6 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_run)
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    import json
-
-    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
-
-
 def analysis_run_config(run_config: str, query_path: str, folder: object) -> str:
     """A run-config TOML file holding `run_config`'s pairs and `analysis`: the query's
     canonical JSON (too long and too quoted for a key=value pair). Checked first: a
@@ -148,6 +142,7 @@ def analysis_run_config(run_config: str, query_path: str, folder: object) -> str
 
     from aidmp.analytics import QueryError, load_query, plan_query
     from aidmp.errors import AidmpError
+    from aidmp.server.app_bundle import toml_value
 
     query, _ = load_query(Path(query_path))
     try:
@@ -165,7 +160,7 @@ def analysis_run_config(run_config: str, query_path: str, folder: object) -> str
 
     pairs["analysis"] = json.dumps(query.canonical(), sort_keys=True)
     path = Path(str(folder)) / "analysis-run-config.toml"
-    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in pairs.items()))
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in pairs.items()))
     return str(path)
 
 
@@ -178,6 +173,7 @@ def cluster_run_config(run_config: str, job_path: str, folder: object) -> str:
 
     from aidmp.analytics.clustering import load_job_file
     from aidmp.errors import AidmpError
+    from aidmp.server.app_bundle import toml_value
 
     job = load_job_file(Path(job_path))
     try:
@@ -186,7 +182,7 @@ def cluster_run_config(run_config: str, job_path: str, folder: object) -> str:
         raise AidmpError(f"--run-config: {exc}") from None
     pairs["clustering"] = job.text()
     path = Path(str(folder)) / "cluster-run-config.toml"
-    path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in pairs.items()))
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in pairs.items()))
     return str(path)
 
 
@@ -330,6 +326,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aidmp.flower_tools import flower_tool
+    from aidmp.server.app_bundle import write_app_bundle
     from aidmp.server.superlink import default_flwr_home, flwr_env, write_connection
 
     def connection() -> tuple[Path, str]:  # Flower's CLI home, and the connection's name
@@ -344,32 +341,30 @@ def _run_run(args: argparse.Namespace) -> int:
         home, name = connection()
         verb = ["ls", name] if args.list else ["stop", str(args.stop), name]
         return subprocess.run([flower_tool("flwr"), *verb], env=flwr_env(home)).returncode
+    if args.analysis and args.cluster:
+        from aidmp.errors import AidmpError
+
+        raise AidmpError("--analysis and --cluster are two jobs; run one at a time")
     run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
     run_config = _with_node_names(run_config, args)
     job = "analysis" if args.analysis else "clustering" if args.cluster else None
     _check_run_config(run_config, job)  # before anything is submitted: exit 2, no traceback
     home, name = connection()
-    cmd = [flower_tool("flwr"), "run", args.app, name, "--stream"]
     import datetime as dt
+    import tempfile
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     log_file = None if args.verbose else home / "logs" / f"run-{stamp}.log"
-    if args.analysis and args.cluster:
-        from aidmp.errors import AidmpError
-
-        raise AidmpError("--analysis and --cluster are two jobs; run one at a time")
-    if args.cluster:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as folder:
+    env = flwr_env(home)
+    with tempfile.TemporaryDirectory() as folder:
+        app = args.app or str(write_app_bundle(Path(folder)))
+        cmd = [flower_tool("flwr"), "run", app, name, "--stream"]
+        if args.cluster:
             toml = cluster_run_config(run_config, args.cluster, folder)
-            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name, log_file)
-    if args.analysis:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as folder:
+            return _flwr_run([*cmd, "--run-config", toml], env, name, log_file)
+        if args.analysis:
             toml = analysis_run_config(run_config, args.analysis, folder)
-            return _flwr_run([*cmd, "--run-config", toml], flwr_env(home), name, log_file)
-    if run_config.strip():
-        cmd += ["--run-config", run_config.strip()]
-    return _flwr_run(cmd, flwr_env(home), name, log_file, resumable=True)
+            return _flwr_run([*cmd, "--run-config", toml], env, name, log_file)
+        if run_config.strip():
+            cmd += ["--run-config", run_config.strip()]
+        return _flwr_run(cmd, env, name, log_file, resumable=True)

@@ -295,8 +295,19 @@ def _run_node_start(args: argparse.Namespace) -> int:
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
     print("starting: " + " ".join(cmd), flush=True)
-    return _follow_supernode(cmd, flower_env(), Path(args.node_key) if args.node_key else None,
-                             args.superlink, args.port)  # fmt: skip
+    import os
+    import tempfile
+
+    from aidmp.client.pinned_clientapp import pinned_clientapp_folder
+
+    env = flower_env()
+    with tempfile.TemporaryDirectory(prefix="aidmp-node-") as folder:
+        # Our flwr-clientapp, first on the SuperNode's PATH: every ClientApp process runs
+        # the aidmp installed here, never code from the run's App bundle.
+        pinned = pinned_clientapp_folder(Path(folder))
+        env["PATH"] = f"{pinned}{os.pathsep}{env['PATH']}"
+        return _follow_supernode(cmd, env, Path(args.node_key) if args.node_key else None,
+                                 args.superlink, args.port)  # fmt: skip
 
 
 def _follow_supernode(
