@@ -246,7 +246,7 @@ def render_history(folder: Path) -> str:
             continue  # a report being replaced right now; listed next time
         entries.append(
             (
-                str(report.get("generated_at", "")),
+                str(report.get("generated_at", "")).replace("T", " ").rstrip("Z"),
                 report.get("job_id"),
                 report.get("round"),
                 report.get("decision"),

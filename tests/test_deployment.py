@@ -229,6 +229,12 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     released its update; it is restarted and resumes from its round-2 checkpoint. Then a
     federated statistics query (`aidmp run --analysis`)."""
     fed, started = federation, time.monotonic()
+    laps = [started]
+
+    def lap(what: str) -> None:  # where the time goes (shown with -s)
+        laps.append(time.monotonic())
+        print(f"\n[deployment] {what}: {laps[-1] - laps[-2]:.0f}s (at {laps[-1] - started:.0f}s)")
+
     keys = fed.tmp / "keys"
     fed.aidmp("keys", "init", "--out", str(keys))
     fed.start_coordinator()
@@ -257,6 +263,7 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     )
     run = fed.submit(run_config)
     _wait_for("the waiting line", lambda: "waiting for 3 node(s)" in fed.log("run"), 300, run)
+    lap("setup, until the coordinator waits")
     # The sites are named as the coordinator registered them, though none has replied yet.
     assert re.search(r"waiting for 3 node\(s\) to connect \(\d connected: site-", fed.log("run"))
     fed.start_site(2, *site_keys)
@@ -271,10 +278,12 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         return checkpoint_at(1)()
 
     _wait_for("round 1", round_1_watching_client_apps, 300, run)
+    lap("round 1")
     # The sites ran the aidmp they installed, never the App bundle's (which has no code).
     assert client_apps == {"pinned"}, client_apps
     fed.kill("site-2")  # gone without a word, in round 2
     _wait_for("round 2", checkpoint_at(2), 300, run)
+    lap("round 2, site-2 lost")
     fed.start_site(2, *site_keys)  # back: Flower knows it by its key; round 3 waits for it
 
     def released_round_3() -> bool:
@@ -285,12 +294,14 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         return False
 
     _wait_for("a release in round 3", released_round_3, 300, run)
+    lap("a release in round 3")
     fed.kill("superlink")  # the coordinator's machine goes down, ServerApp and all
     fed.kill("run")
     assert load_checkpoint(ckpt).round == 2
     fed.start_coordinator()  # same state folder: registered nodes are kept
     resumed = fed.submit(run_config, "--resume")
     assert resumed.wait(timeout=420) == 0, fed.log("run")[-3000:]
+    lap("coordinator restarted, round 3 resumed, final model")
     assert (out / "report.json").is_file(), fed.log("run")[-3000:]
     console = fed.log("run")  # the coordinator's console: both runs of the job
     assert "round   1/3" in console and "about" in console and "round   3/3" in console
@@ -377,6 +388,7 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         "--analysis", str(query),
     )  # fmt: skip
     assert asked.wait(timeout=300) == 0, fed.log("run")[-3000:]
+    lap("statistics query")
     assert (stats / "analysis.json").is_file(), fed.log("run")[-3000:]
     result = json.loads((stats / "analysis.json").read_text())
     assert result["he"] is True
@@ -410,6 +422,7 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
         "--cluster", str(job),
     )  # fmt: skip
     assert clustered.wait(timeout=300) == 0, fed.log("run")[-3000:]
+    lap("k-means job")
     assert (clusters / "clusters.json").is_file(), fed.log("run")[-3000:]
     found = json.loads((clusters / "clusters.json").read_text())
     assert len(found["centroids"]) == 3
