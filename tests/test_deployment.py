@@ -35,7 +35,7 @@ pytestmark = [
 ]
 ROOT = Path(__file__).resolve().parent.parent
 AIDMP = [sys.executable, "-c", "import sys; from aidmp.cli import main; sys.exit(main())"]
-ROWS_PER_SITE = 400
+ROWS_PER_SITE = 2000
 
 
 def _free_port() -> int:
@@ -166,9 +166,11 @@ class Federation:
         return self.start_node(f"site-{i}", "--node-key", key, "--dp-epsilon", "8",
                                "--dp-noise-multiplier", "1.5", *extra)  # fmt: skip
 
-    def submit(self, run_config: str, *extra: str) -> subprocess.Popen:
-        return self.start("run", "run", *self.link, "--run-config", run_config,
-                          "--app", str(ROOT), *extra, cwd=ROOT)  # fmt: skip
+    def submit(self, run_config: str, *extra: str, name: str = "run") -> subprocess.Popen:
+        """`aidmp run` as a coordinator types it, from a folder that is not the project:
+        the App it submits is a bundle with no code (server/app_bundle.py)."""
+        return self.start(name, "run", *self.link, "--run-config", run_config, *extra,
+                          cwd=self.tmp)  # fmt: skip
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -259,7 +261,7 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     run_config = (
         f"task='adult' num-rounds=3 partition='iid' out-dir='{out}' he=true "
         f"he-keys='{keys / 'coordinator.ckks'}' central-eval=false fraction-evaluate=0.0 "
-        "min-available-nodes=3 min-nodes=2 round-timeout=240"
+        "min-available-nodes=3 min-nodes=2 round-timeout=240 learning-rate=0.3"
     )
     run = fed.submit(run_config)
     _wait_for("the waiting line", lambda: "waiting for 3 node(s)" in fed.log("run"), 300, run)
@@ -372,65 +374,55 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
                        str(fed.tmp / "site-0" / "rows.csv"), "--policy",
                        str(bundled_policy("adult"))).stdout  # fmt: skip
     accuracy = float(scored.split("accuracy ")[1].split(",")[0])
-    # Three DP rounds (sigma 1.5) on 250 rows a site reach about the majority class's share
-    # here, not more (measured: 0.7439 against 0.7439); worse than that fails.
-    # tests/test_model_file.py shows a model trained without DP beating it.
-    assert accuracy >= float(scored.rsplit("majority class alone ", 1)[1].split()[0]), scored
+    print(f"\n[deployment] aidmp model evaluate at site-0: {scored.strip()}")
+    # Three DP rounds (sigma 1.5, learning rate 0.3) on 2,000 rows a site: measured in
+    # process, 0.812 to 0.825 against the majority class's 0.745.
+    assert accuracy > float(scored.rsplit("majority class alone ", 1)[1].split()[0]), scored
 
-    # A federated statistics query under HE (`aidmp run --analysis`): the coordinator adds
-    # the sites' encrypted partials and, holding the public key only, asks a site that
-    # answered to decrypt the one sum.
+    # Two jobs at once, as a coordinator may submit them: a federated statistics query
+    # under HE (`aidmp run --analysis`: the coordinator adds the sites' encrypted partials
+    # and, holding the public key only, asks a site that answered to decrypt the one sum)
+    # and a federated k-means job under HE (`aidmp run --cluster`, its two shortest rounds:
+    # initialization, one Lloyd step; noisy per-cluster counts and sums as ciphertext, a
+    # site decrypts each round's one sum). Each site's one ledger charges both.
     stats = fed.tmp / "stats"
     query = ROOT / "simulations" / "queries" / "adult.yaml"
-    asked = fed.submit(
-        f"out-dir='{stats}' min-nodes=3 min-available-nodes=3 he=true "
-        f"he-keys='{keys / 'coordinator.ckks'}'",
-        "--analysis", str(query),
-    )  # fmt: skip
-    assert asked.wait(timeout=300) == 0, fed.log("run")[-3000:]
-    lap("statistics query")
-    assert (stats / "analysis.json").is_file(), fed.log("run")[-3000:]
+    job = fed.tmp / "job.yaml"
+    job.write_text("k: 3\nepsilon: 1.0\nrounds: 2\nfeatures: [age:17:90, hours-per-week:1:99]\n")
+    clusters = fed.tmp / "clusters"
+    he_job = f"min-nodes=3 min-available-nodes=3 he=true he-keys='{keys / 'coordinator.ckks'}'"
+    asked = fed.submit(f"out-dir='{stats}' {he_job}", "--analysis", str(query), name="stats")
+    clustered = fed.submit(f"out-dir='{clusters}' {he_job}", "--cluster", str(job),
+                           name="kmeans")  # fmt: skip
+    assert asked.wait(timeout=300) == 0, fed.log("stats")[-3000:]
+    assert clustered.wait(timeout=300) == 0, fed.log("kmeans")[-3000:]
+    lap("a statistics query and a k-means job, at once")
+
+    assert (stats / "analysis.json").is_file(), fed.log("stats")[-3000:]
     result = json.loads((stats / "analysis.json").read_text())
     assert result["he"] is True
     assert result["institutions"]["answered"] == ["site-0", "site-1", "site-2"]
     assert result["institutions"]["declined"] == []
     assert result["statistics"]["rows"]["value"] > 0
+    assert (clusters / "clusters.json").is_file(), fed.log("kmeans")[-3000:]
+    found = json.loads((clusters / "clusters.json").read_text())
+    assert len(found["centroids"]) == 3
+    for centre in found["centroids"]:
+        assert 17 <= centre["age"] <= 90 and 1 <= centre["hours-per-week"] <= 99
     decryptions = 0
     for i in range(3):
         state = fed.tmp / f"site-{i}" / "state"
         assert verify_audit_log(state / AUDIT_NAME) == []
-        *_, charged = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
-        assert charged["release_kind"] == "analytics"
+        entries = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
+        (charged,) = [e for e in entries if e["release_kind"] == "analytics"]
+        assert charged["job_id"] == result["job_id"]
+        kmeans = [e for e in entries if e["release_kind"] == "clustering"]
+        assert [e["job_id"] for e in kmeans] == [found["job_id"]] * 2
         audit = [json.loads(line) for line in (state / AUDIT_NAME).read_text().splitlines()]
         (answered,) = [r for r in audit if r["kind"] == "query.analytics-reply"]
         assert answered["details"]["reply_to"] == charged["message_id"]
         assert answered["details"]["encrypted"] is True
         decrypted = [r for r in audit if r["kind"] == "query.decrypt-reply"]
         assert all(r["epsilon_charged"] is None for r in decrypted)
-        decryptions += len(decrypted)
-    assert decryptions == 1  # one site decrypted the one sum
-
-    # A federated k-means job under HE (`aidmp run --cluster`), its two shortest rounds
-    # (initialization, one Lloyd step): the sites release noisy per-cluster counts and
-    # sums as ciphertext, charged to their ledgers; a site decrypts each round's one sum.
-    job = fed.tmp / "job.yaml"
-    job.write_text("k: 3\nepsilon: 1.0\nrounds: 2\nfeatures: [age:17:90, hours-per-week:1:99]\n")
-    clusters = fed.tmp / "clusters"
-    clustered = fed.submit(
-        f"out-dir='{clusters}' min-nodes=3 min-available-nodes=3 he=true "
-        f"he-keys='{keys / 'coordinator.ckks'}'",
-        "--cluster", str(job),
-    )  # fmt: skip
-    assert clustered.wait(timeout=300) == 0, fed.log("run")[-3000:]
-    lap("k-means job")
-    assert (clusters / "clusters.json").is_file(), fed.log("run")[-3000:]
-    found = json.loads((clusters / "clusters.json").read_text())
-    assert len(found["centroids"]) == 3
-    for centre in found["centroids"]:
-        assert 17 <= centre["age"] <= 90 and 1 <= centre["hours-per-week"] <= 99
-    for i in range(3):
-        state = fed.tmp / f"site-{i}" / "state"
-        assert verify_audit_log(state / AUDIT_NAME) == []
-        entries = json.loads((state / LEDGER_NAME).read_text())["body"]["entries"]
-        assert [e["release_kind"] for e in entries[-2:]] == ["clustering", "clustering"]
-        assert {e["job_id"] for e in entries[-2:]} == {found["job_id"]}
+        decryptions += sum(r["run"] == result["job_id"] for r in decrypted)
+    assert decryptions == 1  # one site decrypted the statistics job's one sum
