@@ -34,7 +34,7 @@ def final_figure(final: dict[str, Any], key: str) -> str:
     return fmt_noisy(final.get(key), final.get(f"{key}_std"))
 
 
-def _skipped(rounds: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
+def skipped_rounds(rounds: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
     """The rounds nobody aggregated, and the sites that were charged ε for them anyway
     (they trained under DP and replied; too few others did)."""
     skipped = [r for r in rounds if not r.get("aggregated", True)]
@@ -44,7 +44,7 @@ def _skipped(rounds: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
 def closing_lines(report: dict[str, Any], files: Mapping[str, Path | str]) -> list[str]:
     """The job's closing summary, a line per fact. `files`: what was written, by name."""
     rounds = report["per_round"]
-    skipped, charged = _skipped(rounds)
+    skipped, charged = skipped_rounds(rounds)
     lines = [
         f"job {report['job_id']} ({report['task']}, {report['strategy']}): "
         f"{len(rounds) - len(skipped)} of {len(rounds)} round(s) aggregated"
@@ -86,10 +86,7 @@ def deployment_summary(report: dict[str, Any], wall_seconds: float) -> dict[str,
     institutions = sorted(
         {name for r in rounds for name in (*r.get("privacy", {}), *r.get("governance", {}))}
     )
-    skipped = [r["round"] for r in rounds if not r.get("aggregated", True)]
-    charged = sorted(
-        {n for r in rounds if not r.get("aggregated", True) for n in r.get("privacy", {})}
-    )
+    skipped, charged = skipped_rounds(rounds)
     return {
         "task": report["task"],
         "institutions": len(institutions),

@@ -16,6 +16,7 @@ from aidmp.errors import DeclineCode
 from aidmp.privacy.distributed import distributed_summary
 from aidmp.privacy.he.keys import inspect_context
 from aidmp.server.budget_watch import low_budget_sites
+from aidmp.server.closing import skipped_rounds
 from aidmp.strategies.client_dp import ClientLevelDP
 from aidmp.strategies.encrypted import EncryptedFedAvg
 from aidmp.tasks import get_task
@@ -40,6 +41,13 @@ def run_report(
     report["privacy"]["low_budget"] = low_budget_sites(history)
     report["governance"] = governance_report(history)
     report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))
+    skipped, charged = skipped_rounds(history)
+    report["skipped_rounds"] = {"rounds": skipped, "charged_sites": charged}
+    if charged:
+        report.setdefault("warnings", []).append(
+            f"{', '.join(charged)} spent privacy budget on round(s) "
+            f"{', '.join(map(str, skipped))}, whose updates nobody aggregated"
+        )
     if cfg.dp_mode == "distributed" and isinstance(strategy, EncryptedFedAvg):
         report["privacy"]["distributed"] = _distributed_report(cfg, strategy, history)
     return report

@@ -125,6 +125,32 @@ def test_the_default_client_is_our_clientapp():
     assert InProcessGrid(1).client_app is aidmp.client.app.app
 
 
+def test_sites_charged_for_a_round_nobody_aggregated_are_warned_about(tmp_path, monkeypatch):
+    """Two of three sites train under DP and reply, the third fails: with min-nodes=3 the
+    round is skipped, and the report says who paid ε for it."""
+    real = aidmp.client.train_handler.local_data
+
+    def third_fails(node_config, config):
+        if int(node_config["partition-id"]) == 2:
+            raise RuntimeError("this site's disk is gone")
+        return real(node_config, config)
+
+    monkeypatch.setattr(aidmp.client.train_handler, "local_data", third_fails)
+    cfg = prepare(RunConfig(task="breast-cancer", partition="iid", num_rounds=1, dp=True,
+                            min_nodes=3, min_available_nodes=3, central_eval=False,
+                            fraction_evaluate=0.0, out_dir=str(tmp_path)), 3)  # fmt: skip
+    grid = InProcessGrid(3)
+    report = run_federation(grid, cfg, run_id=str(grid.run.run_id))
+    (rnd,) = report["per_round"]
+    assert not rnd["aggregated"] and rnd["train_replies"] == 2
+    paid = ["institution-0", "institution-1"]
+    assert report["skipped_rounds"] == {"rounds": [1], "charged_sites": paid}
+    assert report["warnings"] == [
+        "institution-0, institution-1 spent privacy budget on round(s) 1, whose updates "
+        "nobody aggregated"
+    ]
+
+
 def test_a_broken_clientapp_breaks_the_federation(tmp_path, monkeypatch):
     """Every node declines through our own handler and audit mod, and nothing aggregates."""
 
