@@ -6,7 +6,7 @@ sides, so the bundle carries only what Flower needs to start it: the names of th
 components and the run config's defaults (RunConfig's, the same as pyproject.toml's).
 The coordinator needs no checkout of the project (`aidmp run` works from any folder),
 and the sites run the code they installed, never code the coordinator sent
-(client/pinned_clientapp.py holds them to it).
+(client/pinned_runtime.py holds them to it).
 """
 
 from __future__ import annotations

@@ -228,6 +228,7 @@ def test_aidmp_run_keeps_flowers_own_chatter_in_a_log_file(tmp_path, monkeypatch
         "  printf '\\033[92mINFO \\033[0m:      configure_train: Sampled 3 nodes\\n'\n"
         "  echo '12/02/2026 05:33:45:INFO:configure_train: Sampled 3 nodes'\n"
         "  echo 'INFO:     Started server process [1]'\n"
+        "  echo 'Successfully installed aidmp to /x/.flwr/apps/aidmp.aidmp.0.1.0.e3bca209.'\n"
         "  echo 'round   1/3  acc 0.8  nodes 3/3'\n"
         "  printf '\\033[93mWARNING \\033[0m:   a site is slow\\n'\n"
         f"else echo '{json.dumps(listing)}'; fi\n"
@@ -239,6 +240,7 @@ def test_aidmp_run_keeps_flowers_own_chatter_in_a_log_file(tmp_path, monkeypatch
     console = capsys.readouterr().out
     assert "round   1/3" in console and "a site is slow" in console
     assert "Sampled" not in console and "Started server process" not in console
+    assert "Successfully installed" not in console
     assert f"go to {log}" in console
     kept = log.read_text()
     assert kept.count("Sampled 3 nodes") == 2 and "round   1/3" in kept

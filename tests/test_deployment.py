@@ -48,12 +48,12 @@ def _free_port() -> int:
 
 def _client_apps_running() -> set[str]:
     """How the ClientApp processes now running were started: ours (the node's installed
-    aidmp, client/pinned_clientapp.py) or Flower's own `flwr-clientapp`."""
+    aidmp, client/pinned_runtime.py) or Flower's own `flwr-clientapp`."""
     kinds = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError):
             args = cmdline.read_bytes().split(b"\0")
-            if b"aidmp.client.pinned_clientapp" in args:
+            if b"aidmp.client.pinned_runtime" in args and b"clientapp" in args:
                 kinds.add("pinned")
             elif any(a.endswith(b"/flwr-clientapp") for a in args[:2]):
                 kinds.add("flower's")
@@ -339,6 +339,10 @@ def test_a_tls_federation_with_auth_he_dp_governance_survives_a_lost_node_and_co
     assert lost["institution"] == "site-2"  # named, though the SuperLink reported it
     assert third["aggregated"] and "site-2" in third["governance"]  # rejoined
     assert set(report["governance"]["by_institution"]) == {"site-0", "site-1", "site-2"}
+    # The App bundle `aidmp run` sent was settings only, unpacked in the site's own state
+    # folder (not in ~/.flwr): no code came from the coordinator.
+    apps = fed.tmp / "site-0" / "state" / ".flwr" / "apps"
+    assert list(apps.glob("*/pyproject.toml")) and not list(apps.rglob("*.py"))
     # Each site's privacy officer: a governance report for every round it governed.
     history = fed.tmp / "site-0" / "state" / "governance-reports"
     kept = {p.name for p in history.glob(f"{report['job_id']}-round-*.html")}

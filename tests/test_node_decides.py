@@ -6,8 +6,11 @@ in its own node config) is sent hostile round configs through the whole ClientAp
 The rows are real UCI Adult rows.
 """
 
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,53 +218,85 @@ def test_distributed_dp_only_where_the_node_agreed_to_share_out_its_noise(
         assert UPDATE_KEY in reply.content and not reply.content.array_records
 
 
-def _install_bundle(tmp_path, clientapp_ref, files):
-    """Build an App bundle with Flower's own builder and unpack it as a node's
-    flwr-clientapp does (Flower's installer, into FLWR_HOME)."""
-    from flwr.cli.build import build_fab_from_disk
-    from flwr.cli.install import install_from_fab
+def _bundle(tmp_path, clientapp_ref="aidmp.flower_app:client_app", files=(), version=None):
+    """An App bundle built by Flower's own builder from `aidmp run`'s folder, changed."""
+    import tomllib
+
+    from flwr.cli.build import build_fab_from_files
 
     from aidmp.server.app_bundle import write_app_bundle
 
-    app = write_app_bundle(tmp_path / "bundle")
-    toml = app / "pyproject.toml"
-    toml.write_text(toml.read_text().replace("aidmp.flower_app:client_app", clientapp_ref))
-    for name, text in files.items():
-        (app / name).parent.mkdir(parents=True, exist_ok=True)
-        (app / name).write_text(text)
-    fab = build_fab_from_disk(app)
-    installed = install_from_fab(fab, skip_prompt=True)
-    import hashlib
-
-    return installed, ("aidmp/aidmp", "0.1.0", hashlib.sha256(fab).hexdigest())
+    toml = (write_app_bundle(tmp_path) / "pyproject.toml").read_text()
+    toml = toml.replace("aidmp.flower_app:client_app", clientapp_ref)
+    if version is not None:
+        toml = toml.replace('version = "0.1.0"', f'version = "{version}"')
+    content = {"pyproject.toml": toml.encode(), **{n: t.encode() for n, t in dict(files).items()}}
+    fab, _ = build_fab_from_files(content)
+    return fab, tomllib.loads(toml)
 
 
 def test_a_node_runs_its_installed_client_app_never_the_bundles_code(tmp_path, monkeypatch):
-    """The coordinator's App bundle chooses no code at a node: a bundle carrying its own
-    `aidmp` (and an `opacus`) still gets this installation's ClientApp, with the bundle's
-    folder kept off sys.path; a bundle naming another ClientApp is refused."""
-    from flwr.clientapp.client_app import LoadClientAppError
+    """The coordinator's App bundle chooses no code at a node. A bundle of settings gets
+    this installation's ClientApp, with no folder added to sys.path. A bundle carrying
+    code (its own `aidmp`, an `opacus`), naming another ClientApp, or naming itself with
+    a path is refused before Flower unpacks anything."""
+    import hashlib
+
+    from flwr.cli.install import install_from_fab
 
     import aidmp.client.app
-    from aidmp.client.pinned_clientapp import pinned_clientapp_folder, pinned_loader
+    from aidmp.client.pinned_runtime import BundleRefused, _checked_install, pinned_loader
 
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    home = tmp_path / "flwr"
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    install = _checked_install(install_from_fab)  # as the node's flwr-clientapp runs it
+    fab, _ = _bundle(tmp_path / "ok")
+    installed = install(fab, skip_prompt=True)
+    assert [p.name for p in installed.iterdir()] == ["pyproject.toml"]
+    path_before = list(sys.path)
+    ids = ("aidmp/aidmp", "0.1.0", hashlib.sha256(fab).hexdigest())
+    assert pinned_loader()(*ids) is aidmp.client.app.app
+    assert sys.path == path_before
+
     evil = {"aidmp/__init__.py": "", "aidmp/flower_app.py": "client_app = 'EVIL'\n",
             "opacus/__init__.py": "raise SystemExit('EVIL')\n"}  # fmt: skip
-    installed, fab = _install_bundle(tmp_path / "a", "aidmp.flower_app:client_app", evil)
-    assert (installed / "aidmp" / "flower_app.py").is_file()  # Flower did unpack it
-    path_before = list(sys.path)
-    assert pinned_loader()(*fab) is aidmp.client.app.app
-    assert sys.path == path_before and str(installed) not in sys.path
+    refused = {
+        "carries files (aidmp/__init__.py": _bundle(tmp_path / "a", files=evil)[0],
+        "names 'evil:client_app'": _bundle(tmp_path / "b", "evil:client_app")[0],
+        "names itself '1/../../../../x'": _bundle(tmp_path / "c", version="1/../../../../x")[0],
+        "not one `aidmp run` sends": b"not a zip",
+    }
+    before = sorted(home.rglob("*"))
+    for said, bad in refused.items():
+        with pytest.raises(BundleRefused, match=re.escape(said)):
+            install(bad, skip_prompt=True)
+    assert sorted(home.rglob("*")) == before  # nothing of them was written
 
-    _, other = _install_bundle(tmp_path / "b", "evil:client_app", {"evil.py": "client_app = 1\n"})
-    with pytest.raises(LoadClientAppError, match="names 'evil:client_app'"):
-        pinned_loader()(*other)
 
-    # `aidmp node start` puts this in flwr-clientapp's place on the SuperNode's PATH.
-    folder = pinned_clientapp_folder(tmp_path / "bin")
-    script = (folder / "flwr-clientapp").read_text()
-    assert sys.executable in script and "-m aidmp.client.pinned_clientapp" in script
-    help_text = subprocess.run([str(folder / "flwr-clientapp"), "--help"],
-                               capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert help_text.returncode == 0 and "--runtime-api-address" in help_text.stdout
+def test_a_node_starts_only_its_own_flower_runtime(tmp_path):
+    """`aidmp node start`'s PATH: its own flower-superexec and flwr-clientapp (Flower's,
+    pinned), a stub that refuses every other task program, and none of Flower's own."""
+    import os
+
+    from aidmp.client.pinned_runtime import (
+        REFUSED_EXIT,
+        REFUSED_PROGRAMS,
+        runtime_folder,
+        runtime_path,
+    )  # fmt: skip
+    from aidmp.flower_tools import flower_tool
+
+    folder = runtime_folder(tmp_path / "runtime")
+    flower_bin = str(Path(flower_tool("flwr-clientapp")).parent)
+    path = runtime_path(folder, os.pathsep.join([flower_bin, "/usr/bin", "/bin"]))
+    assert path.split(os.pathsep) == [str(folder), "/usr/bin", "/bin"]
+    env = {**os.environ, "PATH": path}
+    for program, flag in (("flwr-clientapp", "--runtime-api-address"),
+                          ("flower-superexec", "--runtime-api-address")):  # fmt: skip
+        assert shutil.which(program, path=path) == str(folder / program)
+        shown = subprocess.run([program, "--help"], env=env, capture_output=True, text=True,
+                               timeout=120)  # fmt: skip
+        assert shown.returncode == 0 and flag in shown.stdout, shown.stderr[-1000:]
+    for program in REFUSED_PROGRAMS:
+        stub = subprocess.run([program], env=env, capture_output=True, text=True, timeout=30)
+        assert stub.returncode == REFUSED_EXIT and "refused" in stub.stderr

@@ -82,7 +82,10 @@ def _run_coordinator(args: argparse.Namespace) -> int:
             args.port, None if args.insecure else Path(args.certs), Path(args.state), args.host
         )
         print("starting: " + " ".join(cmd), flush=True)
-        os.execve(cmd[0], cmd, flower_env())  # the SuperLink takes over
+        # Flower unpacks each run's App bundle under FLWR_HOME: in the coordinator's own
+        # state folder, not in the user's ~/.flwr.
+        env = flower_env() | {"FLWR_HOME": str(Path(args.state).resolve() / ".flwr")}
+        os.execve(cmd[0], cmd, env)  # the SuperLink takes over
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     ca = None if args.insecure else Path(args.ca)
     print(
@@ -97,11 +100,6 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="coordinator: submit a run to the SuperLink and follow it")
     _connection_args(p)
     p.add_argument("--run-config", default="", help='e.g. "num-rounds=5 he=true dp=true"')
-    p.add_argument(
-        "--app",
-        help="a Flower App folder to bundle instead of aidmp's own (default: a bundle with "
-        "no code; the coordinator and the sites run the aidmp they installed)",
-    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -190,7 +188,7 @@ def cluster_run_config(run_config: str, job_path: str, folder: object) -> str:
 # timestamped copies: the coordinator's console shows ours and every warning or error.
 _FLOWER_CHATTER = re.compile(
     r"^(\x1b\[\d+m(INFO|DEBUG) *\x1b\[0m:|\d\d/\d\d/\d{4} [\d:]{8}:(INFO|DEBUG):|"
-    r"(INFO|DEBUG): |\s*$)"
+    r"(INFO|DEBUG): |Successfully installed \S+ to |\s*$)"
 )
 
 
@@ -357,7 +355,7 @@ def _run_run(args: argparse.Namespace) -> int:
     log_file = None if args.verbose else home / "logs" / f"run-{stamp}.log"
     env = flwr_env(home)
     with tempfile.TemporaryDirectory() as folder:
-        app = args.app or str(write_app_bundle(Path(folder)))
+        app = str(write_app_bundle(Path(folder)))  # settings only: sites refuse code
         cmd = [flower_tool("flwr"), "run", app, name, "--stream"]
         if args.cluster:
             toml = cluster_run_config(run_config, args.cluster, folder)

@@ -295,19 +295,41 @@ def _run_node_start(args: argparse.Namespace) -> int:
     if args.max_wait_time is not None:
         cmd += ["--max-wait-time", str(args.max_wait_time)]
     print("starting: " + " ".join(cmd), flush=True)
-    import os
-    import tempfile
+    from aidmp.client.pinned_runtime import runtime_folder, runtime_path
 
-    from aidmp.client.pinned_clientapp import pinned_clientapp_folder
-
+    state = Path(args.ledger).resolve()
+    # The node's own Flower runtime first on the SuperNode's PATH, Flower's own off it:
+    # every task runs the aidmp installed here, never code from a run's App bundle
+    # (client/pinned_runtime.py). Flower unpacks each bundle under FLWR_HOME, here too.
+    pinned = runtime_folder(state / ".aidmp-runtime")
+    _check_runtime_runs(pinned)
     env = flower_env()
-    with tempfile.TemporaryDirectory(prefix="aidmp-node-") as folder:
-        # Our flwr-clientapp, first on the SuperNode's PATH: every ClientApp process runs
-        # the aidmp installed here, never code from the run's App bundle.
-        pinned = pinned_clientapp_folder(Path(folder))
-        env["PATH"] = f"{pinned}{os.pathsep}{env['PATH']}"
-        return _follow_supernode(cmd, env, Path(args.node_key) if args.node_key else None,
-                                 args.superlink, args.port)  # fmt: skip
+    env |= {"FLWR_HOME": str(state / ".flwr"), "PATH": runtime_path(pinned, env["PATH"])}
+    return _follow_supernode(cmd, env, Path(args.node_key) if args.node_key else None,
+                             args.superlink, args.port)  # fmt: skip
+
+
+def _check_runtime_runs(folder: object) -> None:
+    """Run one of the node's runtime programs (a refusing stub: no Python) to learn that
+    the folder allows running programs, before the SuperNode depends on it."""
+    import subprocess
+    from pathlib import Path
+
+    from aidmp.client.pinned_runtime import REFUSED_EXIT, REFUSED_PROGRAMS
+    from aidmp.errors import AidmpError
+
+    stub = Path(str(folder)) / REFUSED_PROGRAMS[0]
+    try:
+        code = subprocess.run([str(stub)], capture_output=True, timeout=30).returncode
+    except OSError as exc:
+        code, why = None, str(exc)
+    else:
+        why = f"it exited {code}"
+    if code != REFUSED_EXIT:
+        raise AidmpError(
+            f"this node cannot run its own Flower runtime from {folder} ({why}); put --ledger "
+            "on a file system that allows running programs (not one mounted noexec)"
+        )
 
 
 def _follow_supernode(
