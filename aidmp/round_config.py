@@ -63,7 +63,9 @@ class RoundConfig(BaseModel):
     server_round: int = Field(alias="server-round")
     # One training job may span several Flower runs (a coordinator restarted and
     # resumed); nodes enter a round they release again as a new release.
-    job_id: str = Field("", alias="job-id")
+    # It names files at the node (model-<job>.pt, governance-reports/<job>-round-N):
+    # letters, digits, '-' and '_' only, never a path.
+    job_id: str = Field("", alias="job-id", pattern=r"^[A-Za-z0-9_-]{0,64}$")
     num_rounds: int = Field(alias="num-rounds")
     # --- the run's default DP policy (None: not sent); a node's own config wins ------
     dp: bool | None = None

@@ -16,6 +16,7 @@ cell (governance/cells.py). The HTML report escapes everything it shows.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def write_reports(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     json_path, html_path = folder / REPORT_JSON, folder / REPORT_HTML
     atomic_write_json(json_path, report)
     atomic_write_bytes(html_path, page)
-    if report.get("job_id"):
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(report.get("job_id") or "")):  # never a path
         history = folder / HISTORY
         stem = f"{report['job_id']}-round-{int(report.get('round') or 0):03d}"
         atomic_write_json(history / f"{stem}.json", report)

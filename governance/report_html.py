@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import json
+import math
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,8 @@ def _cell(value: object) -> str:
     if isinstance(value, bool):
         return f"<td>{'yes' if value else 'no'}</td>"
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            return '<td class="muted">—</td>'
         if isinstance(value, int) or value.is_integer():
             shown = f"{int(value):,}"
         else:  # 4 significant digits, never in e-notation
@@ -258,7 +262,7 @@ def render_history(folder: Path) -> str:
     entries.sort(key=lambda e: e[0], reverse=True)
     body = "".join(
         "<tr>" + "".join(_cell(v) for v in e[:6])
-        + f'<td><a href="{_esc(e[6])}">{_esc(e[6])}</a></td></tr>'
+        + f'<td><a href="./{urllib.parse.quote(e[6])}">{_esc(e[6])}</a></td></tr>'
         for e in entries
     )  # fmt: skip
     head = "".join(

@@ -32,6 +32,10 @@ def main(grid: Grid, context: Context) -> None:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     cfg = RunConfig.from_flower(context.run_config)
+    if cfg.node_names:  # sites named as registered, whatever they call themselves
+        from aidmp.server.registered_names import RegisteredNames
+
+        grid = RegisteredNames(grid, cfg.registered_names())
     # Each kind of job imports its own module: one started by `aidmp run --analysis`
     # should not wait for torch and the training strategies.
     if cfg.analysis:

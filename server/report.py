@@ -42,12 +42,19 @@ def run_report(
     report["governance"] = governance_report(history)
     report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))
     skipped, charged = skipped_rounds(history)
+    by_round = {
+        rec["round"]: sorted(rec.get("privacy", {}))
+        for rec in history
+        if not rec.get("aggregated", True)
+    }
     report["skipped_rounds"] = {"rounds": skipped, "charged_sites": charged}
-    if charged:
-        report.setdefault("warnings", []).append(
-            f"{', '.join(charged)} spent privacy budget on round(s) "
-            f"{', '.join(map(str, skipped))}, whose updates nobody aggregated"
-        )
+    warnings = [
+        f"round {rnd}: {', '.join(sites)} spent privacy budget on updates nobody aggregated"
+        for rnd, sites in by_round.items()
+        if sites
+    ]
+    if warnings:
+        report["warnings"] = warnings
     if cfg.dp_mode == "distributed" and isinstance(strategy, EncryptedFedAvg):
         report["privacy"]["distributed"] = _distributed_report(cfg, strategy, history)
     return report

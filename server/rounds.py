@@ -190,17 +190,11 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> I
 
 def _learn_names(replies: Iterable[Message], names: dict[int, str]) -> None:
     """Remember how each node names itself, to name it if it later vanishes. `names`
-    starts as the names the coordinator registered (`register-node --name`); a node
-    that calls itself otherwise is named as it names itself, with a warning."""
+    starts as the names the coordinator registered (`register-node --name`), which the
+    replies carry already (server/registered_names.py)."""
     for m in replies:
         if not m.has_error() and "node" in m.content.config_records:
-            node, said = m.metadata.src_node_id, _institution(m)
-            if names.get(node, said) != said:
-                log.warning(
-                    "node %d was registered as %s but calls itself %s (its --name)",
-                    node, names[node], said,
-                )  # fmt: skip
-            names[node] = said
+            names[m.metadata.src_node_id] = _institution(m)
 
 
 def _sent_to(messages: list[Message]) -> dict[str, int]:

@@ -114,6 +114,9 @@ def test_aidmp_run_exits_by_how_the_run_ended_not_by_flwr_runs_exit(
         ("num-round=3", "unknown run-config key(s) num-round (did you mean num-rounds?)"),
         ("strategy='fedavgx'", "run-config 'strategy'"),
         ("num-rounds=3 a=b=c", "give space-separated KEY=VALUE pairs"),
+        ("num-rounds=3 he", "'he' is not KEY=VALUE"),  # Flower's parser drops it silently
+        ("my.toml num-rounds=3", "'my.toml' is not KEY=VALUE"),
+        ("missing.toml", "does not parse"),
     ],
 )
 def test_aidmp_run_checks_the_run_config_before_submitting(run_config, expected, tmp_path):
@@ -128,6 +131,15 @@ def test_aidmp_run_checks_the_run_config_before_submitting(run_config, expected,
     assert len(lines) == 1 and lines[0].startswith("aidmp: error: ") and expected in lines[0]
     assert "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / "config.toml").exists()  # not even a connection was written
+
+
+def test_a_run_config_is_a_toml_file_read_whole_or_pairs(tmp_path):
+    from aidmp.cli.coordinator import run_config_pairs
+
+    toml = tmp_path / "job.toml"
+    toml.write_text('num-rounds = 4\nstrategy = "fedprox"\n')
+    assert run_config_pairs(str(toml)) == {"num-rounds": 4, "strategy": "fedprox"}
+    assert run_config_pairs(" num-rounds=2  he=true ") == {"num-rounds": 2, "he": True}
 
 
 def test_a_node_refuses_to_start_on_data_without_a_column_its_policy_requires(tmp_path):
@@ -260,11 +272,15 @@ def test_a_name_given_at_registration_goes_into_every_run_on_that_superlink(tmp_
     asked = tmp_path / "asked"
     fake = tmp_path / "flwr"
     fake.write_text(
-        f'#!/bin/sh\nfor a in "$@"; do echo "$a" >> {asked}; done\n'
+        f'#!/bin/sh\nfor a in "$@"; do echo "$a" >> {asked}; case "$a" in *.toml) '
+        f'cat "$a" >> {asked};; esac; done\n'
         'echo "SuperNode 1234567 registered successfully."\n'
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setattr(aidmp.flower_tools, "flower_tool", lambda name: str(fake))
+    import aidmp.server.superlink  # holds its own reference, once imported
+
+    monkeypatch.setattr(aidmp.server.superlink, "flower_tool", lambda name: str(fake))
     home = tmp_path / "home"
     link = ("--superlink", "127.0.0.1:9", "--insecure", "--flwr-home", str(home))
     node_keygen(tmp_path / "node.key")
@@ -278,15 +294,13 @@ def test_a_name_given_at_registration_goes_into_every_run_on_that_superlink(tmp_
 
     asked.unlink()
     cli("run", *link, "--run-config", "num-rounds=1")  # the stand-in starts no run
-    args = asked.read_text().splitlines()
-    run_config = args[args.index("--run-config") + 1]
-    assert run_config.startswith("num-rounds=1 node-names=")
-    from flwr.common.config import parse_config_args
+    import tomllib
 
     from aidmp.config import RunConfig
 
-    cfg = RunConfig.from_flower(parse_config_args([run_config]))
-    assert cfg.registered_names() == {1234567: "site-0"}
+    sent = asked.read_text().split("--run-config\n", 1)[1].split("\n", 1)[1]  # its TOML
+    cfg = RunConfig.from_flower(tomllib.loads(sent))
+    assert cfg.num_rounds == 1 and cfg.registered_names() == {1234567: "site-0"}
     asked.unlink()  # another SuperLink: its own names (none)
     cli("run", "--superlink", "127.0.0.1:10", "--insecure", "--flwr-home", str(home))
     assert "--stream" in asked.read_text() and "node-names" not in asked.read_text()

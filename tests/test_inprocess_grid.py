@@ -146,8 +146,7 @@ def test_sites_charged_for_a_round_nobody_aggregated_are_warned_about(tmp_path, 
     paid = ["institution-0", "institution-1"]
     assert report["skipped_rounds"] == {"rounds": [1], "charged_sites": paid}
     assert report["warnings"] == [
-        "institution-0, institution-1 spent privacy budget on round(s) 1, whose updates "
-        "nobody aggregated"
+        "round 1: institution-0, institution-1 spent privacy budget on updates nobody aggregated"
     ]
 
 

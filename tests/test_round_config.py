@@ -108,3 +108,12 @@ def test_salvage_reads_one_field_of_a_broken_config():
     assert RoundConfig.salvage(broken, "state_root") == ""  # mistyped: its default
     assert RoundConfig.salvage(broken, "task") is None  # required: no default
     assert RoundConfig.salvage(None, "server_round") is None
+
+
+@pytest.mark.parametrize("job_id", ["../../escaped", "a/b", "javascript:alert(1)", "x" * 65])
+def test_a_job_id_that_could_name_a_path_is_refused(job_id):
+    """A node names files after the job (model-<job>.pt, its governance reports)."""
+    record = dict(round_config_for(CFG, 1, "7")) | {"job-id": job_id}
+    with pytest.raises(RoundConfigError, match="job-id"):
+        RoundConfig.from_record(record)
+    assert RoundConfig.from_record(dict(round_config_for(CFG, 1, "1234_ab-C"))).job_id

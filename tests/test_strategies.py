@@ -308,7 +308,8 @@ def test_a_round_waits_for_min_available_nodes_even_behind_the_client_dp_wrapper
 def test_the_waiting_line_and_a_lost_node_use_the_names_registered_at_the_coordinator(caplog):
     """Names from `register-node --name` (run config node-names): a node that never
     replied is named in the waiting line and in a round's failures, not numbered."""
-    from aidmp.server.rounds import _learn_names, _silent, connected_nodes
+    from aidmp.server.registered_names import RegisteredNames
+    from aidmp.server.rounds import _institution, _learn_names, _silent, connected_nodes
 
     grid = _Connecting(total=2)  # nodes 1 and 2
     names = {1: "site-0"}
@@ -326,6 +327,20 @@ def test_the_waiting_line_and_a_lost_node_use_the_names_registered_at_the_coordi
     )
     reply.metadata.__dict__["_src_node_id"] = 1
     caplog.clear()
-    _learn_names([reply], names)  # it calls itself otherwise: its own name, and a warning
-    assert names[1] == "hospital-a"
-    assert "registered as site-0 but calls itself hospital-a" in caplog.text
+    # A registered name wins over the one a node gives itself, with a warning once.
+    grid = RegisteredNames(_Replying([reply, reply]), names)
+    assert [_institution(r) for r in grid.send_and_receive([sent])] == ["site-0", "site-0"]
+    assert caplog.text.count("registered as site-0 but calls itself hospital-a") == 1
+    _learn_names([reply], names)
+    assert names[1] == "site-0"
+
+
+class _Replying(_Connecting):
+    """A grid that answers every send with the same replies."""
+
+    def __init__(self, replies):
+        super().__init__(total=1)
+        self.replies = replies
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return list(self.replies)

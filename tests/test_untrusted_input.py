@@ -355,3 +355,13 @@ def test_a_site_sees_a_line_for_each_release_and_its_decline(site, tmp_path, cap
         _send(node | {"dp-epsilon": 0.0})  # a budget that allows nothing
     (line,) = [r.getMessage() for r in caplog.records if "bytes sent" in r.getMessage()]
     assert line.startswith("[site-a] round 1 train-decline: ") and "declined:" in line
+
+
+def test_a_report_with_non_finite_figures_still_renders():
+    """A one-row profile has no std (NaN): the page shows a dash, and the round goes on."""
+    from aidmp.governance.report_html import _cell
+
+    assert _cell(float("nan")) == _cell(float("inf")) == '<td class="muted">—</td>'
+    assert (
+        _cell(1234.5678) == '<td class="n">1,235</td>' and _cell(0.5) == '<td class="n">0.500</td>'
+    )

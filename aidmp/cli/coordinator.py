@@ -10,6 +10,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_certs(sub: argparse._SubParsersAction) -> None:
@@ -130,17 +131,57 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_run)
 
 
-def analysis_run_config(run_config: str, query_path: str, folder: object) -> str:
-    """A run-config TOML file holding `run_config`'s pairs and `analysis`: the query's
-    canonical JSON (too long and too quoted for a key=value pair). Checked first: a
-    query that leaves bounds or categories to a policy fails here, in one line."""
+def run_config_pairs(text: str) -> dict[str, Any]:
+    """`--run-config` as Flower reads it: a TOML file's path, or space-separated
+    KEY=VALUE pairs (strings in quotes). A word that is not a pair is named here: Flower's
+    parser would drop it without a word."""
+    from flwr.common.config import parse_config_args
+
+    from aidmp.errors import AidmpError
+
+    text = text.strip()
+    if not text:
+        return {}
+    if not text.endswith(".toml"):
+        stray = _PAIR.sub(" ", text).split()
+        if stray:
+            raise AidmpError(
+                f"--run-config: {', '.join(map(repr, stray[:3]))} is not KEY=VALUE; give "
+                "space-separated pairs, strings in quotes (\"num-rounds=3 strategy='fedavg'\"), "
+                "or the path of one TOML file"
+            )
+    try:
+        return parse_config_args([text])
+    except Exception as exc:  # Flower's parser (a click error), or a file it cannot read
+        raise AidmpError(
+            f"--run-config does not parse ({exc}); give space-separated KEY=VALUE pairs, "
+            "strings in quotes: \"num-rounds=3 strategy='fedavg'\", or a TOML file's path"
+        ) from None
+
+
+_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # Flower's own pattern
+
+
+def write_run_config(pairs: dict[str, Any], folder: object, name: str) -> str:
+    """`pairs` as a run-config TOML file in `folder`; returns its path."""
     from pathlib import Path
 
-    from flwr.common.config import parse_config_args
+    from aidmp.server.app_bundle import toml_value
+
+    path = Path(str(folder)) / name
+    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in pairs.items()))
+    return str(path)
+
+
+def analysis_pairs(query_path: str) -> dict[str, Any]:
+    """The run-config entry of a statistics query: its canonical JSON (too long and too
+    quoted for a KEY=VALUE pair). Checked first: a query that leaves bounds or categories
+    to a policy fails here, in one line."""
+    import json
+    from pathlib import Path
 
     from aidmp.analytics import QueryError, load_query, plan_query
     from aidmp.errors import AidmpError
-    from aidmp.server.app_bundle import toml_value
 
     query, _ = load_query(Path(query_path))
     try:
@@ -150,38 +191,29 @@ def analysis_run_config(run_config: str, query_path: str, folder: object) -> str
             f"{exc}; the coordinator holds no node's policy, so a deployed query states "
             "every bound, bin and category itself"
         ) from None
-    try:
-        pairs = parse_config_args([run_config]) if run_config.strip() else {}
-    except Exception as exc:
-        raise AidmpError(f"--run-config: {exc}") from None
-    import json
+    return {"analysis": json.dumps(query.canonical(), sort_keys=True)}
 
-    pairs["analysis"] = json.dumps(query.canonical(), sort_keys=True)
-    path = Path(str(folder)) / "analysis-run-config.toml"
-    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in pairs.items()))
-    return str(path)
+
+def cluster_pairs(job_path: str) -> dict[str, Any]:
+    """The run-config entry of a k-means job: its canonical JSON. Checked first: a job
+    that leaves a bound to a policy fails here."""
+    from pathlib import Path
+
+    from aidmp.analytics.clustering import load_job_file
+
+    return {"clustering": load_job_file(Path(job_path)).text()}
+
+
+def analysis_run_config(run_config: str, query_path: str, folder: object) -> str:
+    """A run-config TOML file: `run_config`'s pairs and the query."""
+    pairs = run_config_pairs(run_config) | analysis_pairs(query_path)
+    return write_run_config(pairs, folder, "analysis-run-config.toml")
 
 
 def cluster_run_config(run_config: str, job_path: str, folder: object) -> str:
-    """A run-config TOML file holding `run_config`'s pairs and `clustering`: the k-means
-    job's canonical JSON. Checked first: a job that leaves a bound to a policy fails here."""
-    from pathlib import Path
-
-    from flwr.common.config import parse_config_args
-
-    from aidmp.analytics.clustering import load_job_file
-    from aidmp.errors import AidmpError
-    from aidmp.server.app_bundle import toml_value
-
-    job = load_job_file(Path(job_path))
-    try:
-        pairs = parse_config_args([run_config]) if run_config.strip() else {}
-    except Exception as exc:
-        raise AidmpError(f"--run-config: {exc}") from None
-    pairs["clustering"] = job.text()
-    path = Path(str(folder)) / "cluster-run-config.toml"
-    path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in pairs.items()))
-    return str(path)
+    """A run-config TOML file: `run_config`'s pairs and the k-means job."""
+    pairs = run_config_pairs(run_config) | cluster_pairs(job_path)
+    return write_run_config(pairs, folder, "cluster-run-config.toml")
 
 
 # Flower's and uvicorn's own INFO and DEBUG lines (with raw ANSI colour codes), and their
@@ -283,31 +315,20 @@ def _flwr_run(
     return 0
 
 
-def _check_run_config(run_config: str, job: str | None = None) -> None:
-    """Validate `--run-config` here, as the ServerApp will (over the same defaults as
+def _check_run_config(pairs: dict[str, Any], job: str | None = None) -> None:
+    """Validate the run config here, as the ServerApp will (over the same defaults as
     pyproject's [tool.flwr.app.config]): an unknown key or a bad value is named, with
     the fix, before a job is submitted, rather than as Flower's `Invalid run
     configuration` or a ServerApp traceback. `job`: "analysis" or "clustering" when the
     run carries a query or a k-means job instead of training (its text is checked on its
     own)."""
-    from flwr.common.config import parse_config_args
-
     from aidmp.config import RunConfig
-    from aidmp.errors import AidmpError
 
-    try:
-        pairs = parse_config_args([run_config.strip()]) if run_config.strip() else {}
-    except Exception as exc:  # Flower's parser (a click error): not KEY=VALUE pairs
-        raise AidmpError(
-            f"--run-config does not parse ({exc}); give space-separated KEY=VALUE pairs, "
-            "strings in quotes: \"num-rounds=3 strategy='fedavg'\""
-        ) from None
     RunConfig.from_flower(pairs | ({job: "{}"} if job else {}))
 
 
-def _with_node_names(run_config: str, args: argparse.Namespace) -> str:
-    """The run config plus `node-names`: the names `register-node --name` recorded for
-    this SuperLink (unless the run config names the nodes itself)."""
+def _node_names(args: argparse.Namespace) -> dict[str, str]:
+    """`node-names`, when `register-node --name` recorded names for this SuperLink."""
     import json
     from pathlib import Path
 
@@ -315,9 +336,7 @@ def _with_node_names(run_config: str, args: argparse.Namespace) -> str:
 
     home = Path(args.flwr_home) if args.flwr_home else default_flwr_home()
     names = registered_node_names(home, args.superlink)
-    if not names or "node-names" in run_config:
-        return run_config
-    return f"{run_config} node-names='{json.dumps(names, sort_keys=True)}'"
+    return {"node-names": json.dumps(names, sort_keys=True)} if names else {}
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -343,26 +362,24 @@ def _run_run(args: argparse.Namespace) -> int:
         from aidmp.errors import AidmpError
 
         raise AidmpError("--analysis and --cluster are two jobs; run one at a time")
-    run_config = f"{args.run_config} resume=true" if args.resume else args.run_config
-    run_config = _with_node_names(run_config, args)
+    pairs = _node_names(args) | run_config_pairs(args.run_config)  # its own names win
+    if args.resume:
+        pairs["resume"] = True
     job = "analysis" if args.analysis else "clustering" if args.cluster else None
-    _check_run_config(run_config, job)  # before anything is submitted: exit 2, no traceback
+    _check_run_config(pairs, job)  # before anything is submitted: exit 2, no traceback
+    if args.analysis:
+        pairs |= analysis_pairs(args.analysis)
+    if args.cluster:
+        pairs |= cluster_pairs(args.cluster)
     home, name = connection()
     import datetime as dt
     import tempfile
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     log_file = None if args.verbose else home / "logs" / f"run-{stamp}.log"
-    env = flwr_env(home)
     with tempfile.TemporaryDirectory() as folder:
         app = str(write_app_bundle(Path(folder)))  # settings only: sites refuse code
         cmd = [flower_tool("flwr"), "run", app, name, "--stream"]
-        if args.cluster:
-            toml = cluster_run_config(run_config, args.cluster, folder)
-            return _flwr_run([*cmd, "--run-config", toml], env, name, log_file)
-        if args.analysis:
-            toml = analysis_run_config(run_config, args.analysis, folder)
-            return _flwr_run([*cmd, "--run-config", toml], env, name, log_file)
-        if run_config.strip():
-            cmd += ["--run-config", run_config.strip()]
-        return _flwr_run(cmd, env, name, log_file, resumable=True)
+        if pairs:  # one TOML file: a job's JSON is too long and too quoted for a pair
+            cmd += ["--run-config", write_run_config(pairs, folder, "run-config.toml")]
+        return _flwr_run(cmd, flwr_env(home), name, log_file, resumable=job is None)
