@@ -126,6 +126,31 @@ def local_report(
 
 
 HISTORY = "governance-reports"  # one report per job and round, beside the latest
+HISTORY_INDEX = "index.jsonl"  # a line per report written, so the index reads one file
+
+
+def history_entry(report: dict[str, Any], page: str) -> dict[str, Any]:
+    """What the index lists of one report."""
+    return {
+        "time": report.get("generated_at"),
+        "job_id": report.get("job_id"),
+        "round": report.get("round"),
+        "decision": report.get("decision"),
+        "rows_used": report.get("rows_used"),
+        "reasons": report.get("reasons", []),
+        "page": page,
+    }
+
+
+def _append_line(path: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line and make it durable (a torn last line is skipped on read)."""
+    import json
+    import os
+
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_reports(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
@@ -146,5 +171,6 @@ def write_reports(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
         stem = f"{report['job_id']}-round-{int(report.get('round') or 0):03d}"
         atomic_write_json(history / f"{stem}.json", report)
         atomic_write_bytes(history / f"{stem}.html", page)
+        _append_line(history / HISTORY_INDEX, history_entry(report, f"{stem}.html"))
         atomic_write_bytes(history / "index.html", render_history(history).encode())
     return json_path, html_path

@@ -241,28 +241,31 @@ rates are in steps of 5%.</p>
 
 
 def render_history(folder: Path) -> str:
-    """The index of a node's reports, one per job and round, newest first."""
-    entries = []
-    for path in folder.glob("*.json"):
+    """The index of a node's reports, one per job and round, newest first (read from
+    the index.jsonl that governance/report.py appends to)."""
+    from aidmp.governance.report import HISTORY_INDEX
+
+    latest: dict[str, dict[str, Any]] = {}
+    index = folder / HISTORY_INDEX
+    lines = index.read_text(encoding="utf-8").splitlines() if index.is_file() else []
+    for seq, line in enumerate(lines):
         try:
-            report = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a report being replaced right now; listed next time
-        entries.append(
-            (
-                str(report.get("generated_at", "")).replace("T", " ").rstrip("Z"),
-                report.get("job_id"),
-                report.get("round"),
-                report.get("decision"),
-                report.get("rows_used"),
-                "; ".join(report.get("reasons", [])),
-                path.with_suffix(".html").name,
+            entry = json.loads(line) | {"seq": seq}
+            latest[str(entry["page"])] = entry  # a round scanned twice: its last report
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a crash
+    entries = sorted(latest.values(), key=lambda e: (str(e.get("time")), e["seq"]), reverse=True)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            _cell(v)
+            for v in (
+                str(e.get("time") or "").replace("T", " ").rstrip("Z"),
+                e.get("job_id"), e.get("round"), e.get("decision"), e.get("rows_used"),
+                "; ".join(map(str, e.get("reasons") or [])),
             )
         )
-    entries.sort(key=lambda e: e[0], reverse=True)
-    body = "".join(
-        "<tr>" + "".join(_cell(v) for v in e[:6])
-        + f'<td><a href="./{urllib.parse.quote(e[6])}">{_esc(e[6])}</a></td></tr>'
+        + f'<td><a href="./{urllib.parse.quote(str(e["page"]))}">{_esc(e["page"])}</a></td></tr>'
         for e in entries
     )  # fmt: skip
     head = "".join(

@@ -136,21 +136,33 @@ _NAMES_FILE = "node-names.json"  # {superlink address: {node id: name}}, in FLWR
 
 
 def _record_node_name(flwr_home: Path, superlink: str, node_id: int, name: str) -> None:
+    """Add one name, under a lock: sites are often registered by a loop in parallel."""
+    import fcntl
+
     path = flwr_home / _NAMES_FILE
-    every = json.loads(path.read_text()) if path.is_file() else {}
-    every.setdefault(superlink, {})[str(node_id)] = name
-    atomic_write_json(path, every)
+    with (flwr_home / f"{_NAMES_FILE}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        every = _read_names(path)
+        every.setdefault(superlink, {})[str(node_id)] = name
+        atomic_write_json(path, every)
 
 
-def registered_node_names(flwr_home: Path, superlink: str) -> dict[str, str]:
-    """node id -> name, as `register-node --name` recorded them for this SuperLink."""
-    path = flwr_home / _NAMES_FILE
+def _read_names(path: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     try:
-        return dict(json.loads(path.read_text()).get(superlink, {}))
-    except (ValueError, AttributeError) as exc:
+        every = json.loads(path.read_text())
+        if not isinstance(every, dict) or not all(isinstance(v, dict) for v in every.values()):
+            raise ValueError("not an object of SuperLinks")
+        return every
+    except ValueError as exc:
         raise AidmpError(
             f"{path} is not the JSON that `register-node --name` writes ({exc}); "
             "delete it and register the nodes' names again"
         ) from None
+
+
+def registered_node_names(flwr_home: Path, superlink: str) -> dict[str, str]:
+    """node id -> name, as `register-node --name` recorded them for this SuperLink
+    (the address exactly as given there: `localhost:9092` is not `127.0.0.1:9092`)."""
+    return dict(_read_names(flwr_home / _NAMES_FILE).get(superlink, {}))

@@ -317,3 +317,19 @@ def test_node_names_in_a_run_config_must_be_a_json_object_of_ids():
     with pytest.raises(AidmpError, match="node-names"):
         RunConfig.from_flower({"node-names": '{"abc": "site-0"}'})
     assert RunConfig.from_flower({}).registered_names() == {}
+
+
+def test_names_registered_at_once_are_all_kept(tmp_path):
+    """Sites are often registered by a loop run in parallel: none of the names is lost."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aidmp.server.superlink import _record_node_name, registered_node_names
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: _record_node_name(tmp_path, "h:1", i, f"site-{i}"), range(40)))
+    assert registered_node_names(tmp_path, "h:1") == {str(i): f"site-{i}" for i in range(40)}
+    (tmp_path / "node-names.json").write_text("[1, 2]")
+    with pytest.raises(AidmpError, match="delete it and register"):
+        _record_node_name(tmp_path, "h:1", 1, "site-1")
+    assert json.loads((tmp_path / "node-names.json").read_text()) == [1, 2]  # left as it was
