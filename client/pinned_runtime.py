@@ -41,6 +41,7 @@ REFUSED_PROGRAMS = (
     "flwr-agentapp", "flwr-connector", "flwr-model", "flwr-serverapp", "flwr-simulation",
 )  # fmt: skip
 REFUSED_EXIT = 3
+MAX_BUNDLE_BYTES = 1 << 20
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a name or version, never a path
 
 _log = logging.getLogger("aidmp.client")
@@ -57,6 +58,14 @@ def check_bundle(fab: bytes) -> dict[str, Any]:
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(fab))
+        # Sizes as declared (a read never goes past them): a small bundle must not unpack
+        # into gigabytes. Settings take a few kilobytes.
+        unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MAX_BUNDLE_BYTES:
+            raise BundleRefused(
+                f"the run's App bundle unpacks to {unpacked:,} bytes; a bundle of settings "
+                f"takes at most {MAX_BUNDLE_BYTES:,}"
+            )
         extra = sorted(
             n for n in archive.namelist()
             if n != "pyproject.toml" and not (n.startswith(".info/") and ".." not in n)
@@ -166,9 +175,10 @@ def runtime_folder(folder: Path) -> Path:
     """Write the node's Flower programs into `folder` (emptied first): this module for
     `flower-superexec` and `flwr-clientapp`, a refusing stub for each other task program.
     Returns `folder`, to go first on the SuperNode's PATH."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():
-        old.unlink()
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     python = shlex.quote(sys.executable)
     # -P: the working folder is not put on sys.path either.
     programs = {

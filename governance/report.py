@@ -147,8 +147,10 @@ def _append_line(path: Path, entry: dict[str, Any]) -> None:
     import json
     import os
 
+    torn = path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n")
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        # After a crash mid-line, start a new line: the torn one alone is skipped.
+        handle.write(("\n" if torn else "") + json.dumps(entry, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
 

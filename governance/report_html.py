@@ -254,7 +254,9 @@ def render_history(folder: Path) -> str:
             latest[str(entry["page"])] = entry  # a round scanned twice: its last report
         except (ValueError, KeyError, TypeError):
             continue  # a line torn by a crash
-    entries = sorted(latest.values(), key=lambda e: (str(e.get("time")), e["seq"]), reverse=True)
+    entries = sorted(
+        latest.values(), key=lambda e: (str(e.get("time") or ""), e["seq"]), reverse=True
+    )
     body = "".join(
         "<tr>"
         + "".join(

@@ -28,7 +28,9 @@ def toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+    # A TOML basic string: JSON's escapes are TOML's, except that TOML has no surrogate
+    # pairs (so non-ASCII stays as it is) and wants DEL escaped.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def write_app_bundle(parent: Path) -> Path:

@@ -10,6 +10,7 @@ all name a site alike. Sites never registered with a name keep their own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from logging import getLogger
 from typing import Any
@@ -20,22 +21,52 @@ from flwr.serverapp import Grid
 log = getLogger("aidmp.server")
 
 
+# A node's error replies carry its name in brackets before the reason (client/decline.py).
+_BRACKETED = re.compile(r"^\[(?P<name>[^\]]+)\] (?P<rest>.*)$", re.DOTALL)
+
+
+def _said(reply: Message) -> str | None:
+    """The name a reply gives its site: its "node" record's, or an error's brackets."""
+    if reply.has_error():
+        found = _BRACKETED.match(reply.error.reason or "")
+        return found["name"] if found else None
+    node = reply.content.config_records.get("node")
+    return None if node is None or "institution" not in node else str(node["institution"])
+
+
+def _name_as(reply: Message, name: str) -> None:
+    if reply.has_error():
+        found = _BRACKETED.match(reply.error.reason or "")
+        assert found is not None
+        reply.error.__dict__["_reason"] = f"[{name}] {found['rest']}"  # Error has no setter
+    else:
+        reply.content.config_records["node"]["institution"] = name
+
+
 def adopt_registered_name(reply: Message, names: Mapping[int, str], warned: set[int]) -> Message:
-    """`reply`, its "node" record naming the site as registered (a warning, once per
-    node, when it called itself otherwise)."""
-    registered = names.get(reply.metadata.src_node_id)
-    node = None if reply.has_error() else reply.content.config_records.get("node")
-    if registered is None or node is None:
+    """`reply`, naming its site as registered. A node registered under a name is shown by
+    it whatever it calls itself; a node registered under none may not use another's
+    registered name (it is shown as node-<id>). A warning, once per node, when a reply's
+    name is replaced. Declines are renamed too: their reasons begin with the name."""
+    node_id = reply.metadata.src_node_id
+    said = _said(reply)
+    if said is None:
         return reply
-    said = node.get("institution")
-    if said != registered:
-        if reply.metadata.src_node_id not in warned:
-            warned.add(reply.metadata.src_node_id)
+    shown = names.get(node_id)
+    if shown is None:
+        if said not in names.values():
+            return reply
+        shown = f"node-{node_id}"  # another site's registered name: not this node's
+    if said != shown:
+        if node_id not in warned:
+            warned.add(node_id)
             log.warning(
-                "node %d was registered as %s but calls itself %s; it is shown as %s",
-                reply.metadata.src_node_id, registered, said, registered,
+                "node %d calls itself %s; it is shown as %s (the name its key was "
+                "registered under%s)",
+                node_id, said, shown, "" if node_id in names else ": none, and the name "
+                "it gives is another site's",
             )  # fmt: skip
-        node["institution"] = registered
+        _name_as(reply, shown)
     return reply
 
 
@@ -48,7 +79,12 @@ class RegisteredNames(Grid):
         self._warned: set[int] = set()
 
     def __getattr__(self, name: str) -> Any:  # pull_interval and the like
+        if name.startswith("_"):  # not yet set (a copy being made): never recurse
+            raise AttributeError(name)
         return getattr(self._grid, name)
+
+    def get_nodes(self) -> Any:
+        return self._grid.get_nodes()
 
     @property
     def run(self) -> Any:

@@ -333,3 +333,20 @@ def test_names_registered_at_once_are_all_kept(tmp_path):
     with pytest.raises(AidmpError, match="delete it and register"):
         _record_node_name(tmp_path, "h:1", 1, "site-1")
     assert json.loads((tmp_path / "node-names.json").read_text()) == [1, 2]  # left as it was
+
+
+def test_run_config_values_survive_the_toml_file_aidmp_run_sends(tmp_path):
+    """Whatever a string holds (quotes, newlines, DEL, characters beyond the BMP) comes
+    back the same; an array or a date from a TOML file is refused, not made a string."""
+    import tomllib
+
+    from aidmp.cli.coordinator import run_config_pairs, write_run_config
+
+    pairs = {"out-dir": "a'b\"c\\\nd\x7f😀é", "dp-delta": 1e-05, "he": True, "seed": 3,
+             "round-timeout": float("inf")}  # fmt: skip
+    path = write_run_config(pairs, tmp_path, "rc.toml")
+    assert tomllib.loads(Path(path).read_text(encoding="utf-8")) == pairs
+    bad = tmp_path / "bad.toml"
+    bad.write_text("num-rounds = [1, 2]\n")
+    with pytest.raises(AidmpError, match="num-rounds"):
+        run_config_pairs(str(bad))

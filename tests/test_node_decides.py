@@ -235,6 +235,16 @@ def _bundle(tmp_path, clientapp_ref="aidmp.flower_app:client_app", files=(), ver
     return fab, tomllib.loads(toml)
 
 
+def _bomb(path):
+    """A small zip whose pyproject.toml unpacks to 10 MiB of blanks."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bomb:
+        bomb.writestr("pyproject.toml", b" " * (10 << 20))
+    assert path.stat().st_size < 100_000
+    return path.read_bytes()
+
+
 def test_a_node_runs_its_installed_client_app_never_the_bundles_code(tmp_path, monkeypatch):
     """The coordinator's App bundle chooses no code at a node. A bundle of settings gets
     this installation's ClientApp, with no folder added to sys.path. A bundle carrying
@@ -265,6 +275,7 @@ def test_a_node_runs_its_installed_client_app_never_the_bundles_code(tmp_path, m
         "names 'evil:client_app'": _bundle(tmp_path / "b", "evil:client_app")[0],
         "names itself '1/../../../../x'": _bundle(tmp_path / "c", version="1/../../../../x")[0],
         "not one `aidmp run` sends": b"not a zip",
+        "unpacks to 10,485,760 bytes": _bomb(tmp_path / "bomb.zip"),
     }
     before = sorted(home.rglob("*"))
     for said, bad in refused.items():

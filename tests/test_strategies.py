@@ -309,7 +309,13 @@ def test_the_waiting_line_and_a_lost_node_use_the_names_registered_at_the_coordi
     """Names from `register-node --name` (run config node-names): a node that never
     replied is named in the waiting line and in a round's failures, not numbered."""
     from aidmp.server.registered_names import RegisteredNames
-    from aidmp.server.rounds import _institution, _learn_names, _silent, connected_nodes
+    from aidmp.server.rounds import (
+        _failures,
+        _institution,
+        _learn_names,
+        _silent,
+        connected_nodes,
+    )  # fmt: skip
 
     grid = _Connecting(total=2)  # nodes 1 and 2
     names = {1: "site-0"}
@@ -330,9 +336,21 @@ def test_the_waiting_line_and_a_lost_node_use_the_names_registered_at_the_coordi
     # A registered name wins over the one a node gives itself, with a warning once.
     grid = RegisteredNames(_Replying([reply, reply]), names)
     assert [_institution(r) for r in grid.send_and_receive([sent])] == ["site-0", "site-0"]
-    assert caplog.text.count("registered as site-0 but calls itself hospital-a") == 1
+    assert caplog.text.count("calls itself hospital-a; it is shown as site-0") == 1
     _learn_names([reply], names)
     assert names[1] == "site-0"
+    # Its declines too (their reasons begin with the name), and an unregistered node may
+    # not take a registered site's name.
+    declined = Message(Error(code=102, reason="[hospital-a] budget spent"), reply_to=sent)
+    declined.metadata.__dict__["_src_node_id"] = 1
+    impostor = Message(RecordDict({"node": ConfigRecord({"institution": "site-0"})}),
+                       reply_to=sent)  # fmt: skip
+    impostor.metadata.__dict__["_src_node_id"] = 9
+    grid = RegisteredNames(_Replying([declined, impostor]), names)
+    failed, other = grid.send_and_receive([sent])
+    assert failed.error.reason == "[site-0] budget spent"
+    assert _failures([failed])[0]["institution"] == "site-0"
+    assert _institution(other) == "node-9"
 
 
 class _Replying(_Connecting):

@@ -365,3 +365,19 @@ def test_a_report_with_non_finite_figures_still_renders():
     assert (
         _cell(1234.5678) == '<td class="n">1,235</td>' and _cell(0.5) == '<td class="n">0.500</td>'
     )
+
+
+def test_a_line_torn_by_a_crash_costs_the_governance_index_only_that_line(tmp_path):
+    from aidmp.governance.report import HISTORY, HISTORY_INDEX, write_reports
+
+    def report(rnd):
+        return {"job_id": "j1", "round": rnd, "decision": "admit", "source": "rows.csv",
+                "policy_sha256": "s", "reasons": [], "rows_in": 10, "rows_used": 10,
+                "generated_at": f"2026-12-02T08:0{rnd}:00Z", "sent_to_coordinator": {}}  # fmt: skip
+
+    write_reports(report(1), tmp_path)
+    with (tmp_path / HISTORY / HISTORY_INDEX).open("a") as index:
+        index.write('{"page": "j1-round-00')  # the power went out here
+    write_reports(report(2), tmp_path)
+    page = (tmp_path / HISTORY / "index.html").read_text()
+    assert "j1-round-001.html" in page and "j1-round-002.html" in page

@@ -151,12 +151,19 @@ def run_config_pairs(text: str) -> dict[str, Any]:
                 "or the path of one TOML file"
             )
     try:
-        return parse_config_args([text])
+        pairs = parse_config_args([text])
     except Exception as exc:  # Flower's parser (a click error), or a file it cannot read
         raise AidmpError(
             f"--run-config does not parse ({exc}); give space-separated KEY=VALUE pairs, "
             "strings in quotes: \"num-rounds=3 strategy='fedavg'\", or a TOML file's path"
         ) from None
+    for key, value in pairs.items():
+        if not isinstance(value, bool | int | float | str):
+            raise AidmpError(
+                f"--run-config: {key} is a {type(value).__name__}; a run-config value is a "
+                "number, true/false or a string"
+            )
+    return pairs
 
 
 _PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")  # Flower's own pattern
