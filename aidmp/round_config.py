@@ -48,6 +48,10 @@ _EXPECTED = {
 }
 
 
+# A job id names files at a node (model-<job>.pt, governance-reports/<job>-round-N).
+JOB_ID_PATTERN = r"[A-Za-z0-9_-]{0,64}"
+
+
 class RoundConfig(BaseModel):
     """One round's config. Strictly typed: a wrong type is an error, never coerced."""
 
@@ -65,7 +69,7 @@ class RoundConfig(BaseModel):
     # resumed); nodes enter a round they release again as a new release.
     # It names files at the node (model-<job>.pt, governance-reports/<job>-round-N):
     # letters, digits, '-' and '_' only, never a path.
-    job_id: str = Field("", alias="job-id", pattern=r"^[A-Za-z0-9_-]{0,64}$")
+    job_id: str = Field("", alias="job-id", pattern=f"^{JOB_ID_PATTERN}$")
     num_rounds: int = Field(alias="num-rounds")
     # --- the run's default DP policy (None: not sent); a node's own config wins ------
     dp: bool | None = None

@@ -98,22 +98,14 @@ def check_bundle(fab: bytes) -> dict[str, Any]:
 
 
 def pinned_loader(*_args: Any, **_kwargs: Any) -> Callable[[str, str, str], Any]:
-    """Stands in for Flower's `get_load_client_app_fn`: the loader it returns reads only
-    the unpacked bundle's pyproject.toml, and gives this installation's ClientApp."""
-    from flwr.clientapp.client_app import LoadClientAppError
-    from flwr.common.config import get_project_config, get_project_dir
-
+    """Stands in for Flower's `get_load_client_app_fn`: the loader it returns gives this
+    installation's ClientApp, whatever the unpacked bundle holds."""
     import aidmp
     from aidmp.client.app import app  # this installation's, whatever the bundle holds
 
     def _load(fab_id: str, fab_version: str, fab_hash: str) -> Any:
-        config = get_project_config(get_project_dir(fab_id, fab_version, fab_hash))
-        named = config["tool"]["flwr"]["app"]["components"]["clientapp"]
-        if named != CLIENT_APP_REF:
-            raise LoadClientAppError(
-                f"this node runs only its installed {CLIENT_APP_REF}; the run's App bundle "
-                f"({fab_id}) names {str(named)[:80]!r}. Submit jobs with `aidmp run`"
-            )
+        # The bundle was checked before Flower unpacked it (`_checked_install`): it names
+        # aidmp's ClientApp. Nothing of it is imported either way.
         if fab_version != aidmp.__version__:
             _log.warning(
                 "the run was submitted with aidmp %s; this node runs aidmp %s",

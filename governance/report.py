@@ -24,6 +24,7 @@ from aidmp.atomic import atomic_write_bytes, atomic_write_json
 from aidmp.governance.cells import inert, inert_tree
 from aidmp.governance.pipeline import GovernanceResult
 from aidmp.governance.policy import Policy
+from aidmp.round_config import JOB_ID_PATTERN
 
 REPORT_JSON = "governance-report.json"
 REPORT_HTML = "governance-report.html"
@@ -168,7 +169,8 @@ def write_reports(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     json_path, html_path = folder / REPORT_JSON, folder / REPORT_HTML
     atomic_write_json(json_path, report)
     atomic_write_bytes(html_path, page)
-    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(report.get("job_id") or "")):  # never a path
+    job_id = str(report.get("job_id") or "")
+    if job_id and re.fullmatch(JOB_ID_PATTERN, job_id):  # never a path
         history = folder / HISTORY
         stem = f"{report['job_id']}-round-{int(report.get('round') or 0):03d}"
         atomic_write_json(history / f"{stem}.json", report)

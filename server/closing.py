@@ -34,11 +34,18 @@ def final_figure(final: dict[str, Any], key: str) -> str:
     return fmt_noisy(final.get(key), final.get(f"{key}_std"))
 
 
+def charged_in_skipped_rounds(rounds: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Each round nobody aggregated, and the sites charged ε for it anyway (they trained
+    under DP and replied; too few others did)."""
+    return {
+        r["round"]: sorted(r.get("privacy", {})) for r in rounds if not r.get("aggregated", True)
+    }
+
+
 def skipped_rounds(rounds: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
-    """The rounds nobody aggregated, and the sites that were charged ε for them anyway
-    (they trained under DP and replied; too few others did)."""
-    skipped = [r for r in rounds if not r.get("aggregated", True)]
-    return [r["round"] for r in skipped], sorted({n for r in skipped for n in r.get("privacy", {})})
+    """The rounds nobody aggregated, and every site charged for any of them."""
+    by_round = charged_in_skipped_rounds(rounds)
+    return list(by_round), sorted({n for sites in by_round.values() for n in sites})
 
 
 def closing_lines(report: dict[str, Any], files: Mapping[str, Path | str]) -> list[str]:

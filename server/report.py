@@ -16,7 +16,7 @@ from aidmp.errors import DeclineCode
 from aidmp.privacy.distributed import distributed_summary
 from aidmp.privacy.he.keys import inspect_context
 from aidmp.server.budget_watch import low_budget_sites
-from aidmp.server.closing import skipped_rounds
+from aidmp.server.closing import charged_in_skipped_rounds, skipped_rounds
 from aidmp.strategies.client_dp import ClientLevelDP
 from aidmp.strategies.encrypted import EncryptedFedAvg
 from aidmp.tasks import get_task
@@ -42,11 +42,7 @@ def run_report(
     report["governance"] = governance_report(history)
     report["he"] = he_report(strategy, history, model_size=task_size(cfg.task))
     skipped, charged = skipped_rounds(history)
-    by_round = {
-        rec["round"]: sorted(rec.get("privacy", {}))
-        for rec in history
-        if not rec.get("aggregated", True)
-    }
+    by_round = charged_in_skipped_rounds(history)
     report["skipped_rounds"] = {"rounds": skipped, "charged_sites": charged}
     warnings = [
         f"round {rnd}: {', '.join(sites)} spent privacy budget on updates nobody aggregated"

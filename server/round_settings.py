@@ -16,6 +16,13 @@ from flwr.app import ConfigRecord
 from aidmp.config import RunConfig
 from aidmp.round_config import RoundConfig
 
+# Run-config settings every node is told as they are (same name in both models).
+_SAME_NAMED = {
+    "task", "partition", "seed", "local_epochs", "batch_size", "learning_rate", "num_rounds",
+    "dp", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_noise_multiplier",
+    "dp_accountant", "dp_metrics", "dp_metrics_share", "governance_scenario",
+}  # fmt: skip
+
 
 def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord:
     """What each node needs to train or evaluate in round `rnd` of training job `job_id`.
@@ -24,23 +31,9 @@ def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord
     """
     state_root = cfg.state_root or str(Path(cfg.out_dir).resolve() / "institutions")
     return RoundConfig(
-        task=cfg.task,
-        partition=cfg.partition,
-        seed=cfg.seed,
-        local_epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
+        **cfg.model_dump(include=_SAME_NAMED),
         server_round=rnd,
         job_id=job_id,
-        num_rounds=cfg.num_rounds,
-        dp=cfg.dp,
-        dp_epsilon=cfg.dp_epsilon,
-        dp_delta=cfg.dp_delta,
-        dp_max_grad_norm=cfg.dp_max_grad_norm,
-        dp_noise_multiplier=cfg.dp_noise_multiplier,
-        dp_accountant=cfg.dp_accountant,
-        dp_metrics=cfg.dp_metrics,
-        dp_metrics_share=cfg.dp_metrics_share,
         **_distributed_keys(cfg),
         state_root=state_root,
         # Simulation only: the key ceremony's folder, so virtual nodes find their
@@ -50,7 +43,6 @@ def round_config_for(cfg: RunConfig, rnd: int, job_id: str = "") -> ConfigRecord
         governance_policy=str(Path(cfg.governance_policy).resolve())
         if cfg.governance_policy
         else "",
-        governance_scenario=cfg.governance_scenario,
     ).to_config_record()
 
 
